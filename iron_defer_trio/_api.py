@@ -1,0 +1,175 @@
+"""``open_engine``: composes settings, the PostgreSQL store and the engine.
+
+It also decides the exception shape once: an exception raised in the block comes out as
+itself (after a graceful shutdown), not wrapped in the exception groups of the nurseries
+underneath; a deliberate error of ours (``StoreUnavailable`` at startup, ``MigrationError``)
+comes out as itself too; anything else that escapes an internal service becomes
+:class:`~iron_defer_trio.EngineCrashed` chained to its cause. Cancellation passes untouched.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from iron_defer_trio.config import Settings
+from iron_defer_trio.engine import Engine, TaskRegistry, run_engine
+from iron_defer_trio.errors import ConfigError, EngineCrashed, IronDeferError
+from iron_defer_trio.observability.logs import Logger, default_logger
+from iron_defer_trio.store import MigrationReport, open_postgres_store
+from iron_defer_trio.store import migrate as migrate_store
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import AsyncIterator, Iterable, Mapping
+
+    from iron_defer_trio.domain import Task
+    from iron_defer_trio.store.protocol import TaskStore
+
+
+@asynccontextmanager
+async def open_engine(
+    dsn_or_settings: str | Settings,
+    *,
+    tasks: Iterable[type[Task]] = (),
+    queues: Mapping[str, int] | None = None,
+    migrate: bool = True,
+    run_workers: bool = True,
+    store: TaskStore | None = None,
+    logger: Logger | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Engine]:
+    """Open an engine for the lifetime of the ``async with`` block.
+
+    Args:
+        dsn_or_settings: a ``postgresql://`` URL, or a full :class:`Settings`.
+        tasks: the Task classes this engine may enqueue and run.
+        queues: queue name -> most tasks run at once; default ``settings.queues``
+            (``{"default": 4}``).
+        migrate: apply pending schema migrations first (under an advisory lock, so many
+            processes may start together).
+        run_workers: False gives a producer-only engine: it enqueues and reads, runs nothing.
+        store: use this store instead of connecting one (tests, custom backends).
+        logger: a structlog bound logger; default ``structlog.get_logger("iron_defer_trio")``.
+        rng: random source for jitter (tests pass a seeded one).
+
+    Yields:
+        The running :class:`Engine`. Workers claim tasks while the block runs.
+
+    On exit (normal, or an exception from the block) the engine shuts down gracefully:
+    claiming stops, running tasks get ``worker.shutdown_timeout`` seconds, the rest are
+    cancelled and handed back as pending. If the surrounding scope is cancelled, the hand-back
+    still runs (shielded, bounded), then the cancellation continues.
+
+    Raises:
+        ConfigError: invalid settings or task classes (before anything starts).
+        StoreUnavailable: the database cannot be reached at startup.
+        MigrationError: the schema could not be migrated.
+        EngineCrashed: an internal service failed (a bug); the cause is chained.
+    """
+    settings = _settings(dsn_or_settings)
+    registry = TaskRegistry(tasks)
+    log = logger or default_logger()
+    body_error: Exception | None = None
+    try:
+        async with (
+            _store(settings, store, migrate=migrate, log=log) as the_store,
+            run_engine(
+                the_store,
+                registry=registry,
+                settings=settings,
+                queues=queues,
+                run_workers=run_workers,
+                log=log,
+                rng=rng,
+            ) as engine,
+        ):
+            try:
+                yield engine
+            except Exception as exc:
+                # Held back so the engine still drains gracefully, then re-raised below as
+                # itself rather than inside the nurseries' exception groups.
+                body_error = exc
+    except BaseExceptionGroup as group:
+        raise _collapse(group, body_error) from None
+    if body_error is not None:
+        raise body_error
+
+
+async def migrate(dsn_or_settings: str | Settings) -> MigrationReport:
+    """Bring the database schema up to date, as ``open_engine(..., migrate=True)`` does.
+
+    Safe to run from many processes at once (an advisory lock serialises them).
+
+    Raises:
+        StoreUnavailable: the database cannot be reached.
+        MigrationError: a migration failed or an applied one was changed.
+    """
+    settings = _settings(dsn_or_settings)
+    try:
+        return await migrate_store(settings.database)
+    except BaseExceptionGroup as group:
+        raise _collapse(group, None) from None
+
+
+def _settings(dsn_or_settings: str | Settings) -> Settings:
+    if isinstance(dsn_or_settings, Settings):
+        return dsn_or_settings
+    if isinstance(dsn_or_settings, str):
+        return Settings.build(database={"url": dsn_or_settings})
+    raise ConfigError(
+        f"open_engine needs a postgresql:// URL or a Settings, got {type(dsn_or_settings)!r}"
+    )
+
+
+@asynccontextmanager
+async def _store(
+    settings: Settings, given: TaskStore | None, *, migrate: bool, log: Logger
+) -> AsyncIterator[TaskStore]:
+    if given is not None:
+        yield given
+        return
+    async with open_postgres_store(settings.database) as store:
+        if migrate:
+            report = await store.migrate()
+            if report.applied:
+                log.info("migrations_applied", versions=list(report.applied))
+            if report.unknown:
+                log.warning("schema_newer_than_package", unknown_versions=list(report.unknown))
+        yield store
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
+
+
+def _collapse(
+    group: BaseExceptionGroup[BaseException], body_error: Exception | None
+) -> BaseException:
+    leaves = _leaves(group)
+    real = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    if not real:
+        # Pure cancellation: hand the group back untouched, the cancelled scope absorbs it.
+        return group
+    for exc in real:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return exc
+    if len(real) == 1 and isinstance(real[0], IronDeferError):
+        error: BaseException = real[0]
+    else:
+        error = EngineCrashed(
+            "an internal iron-defer-trio service failed: "
+            + "; ".join(f"{type(e).__name__}: {e}" for e in real)
+        )
+        error.__cause__ = real[0] if len(real) == 1 else group
+    if body_error is not None and error.__context__ is None:
+        error.__context__ = body_error
+    return error

@@ -1,0 +1,103 @@
+"""Validation of values that reach the database, shared by every entry point.
+
+The same rules are enforced again by CHECK constraints in the schema; checking here first
+gives callers a precise message instead of a constraint name.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from iron_defer_trio.errors import InvalidTaskError
+
+#: Queue names appear in URLs, metric labels and NOTIFY payloads: keep them plain.
+QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+#: Kinds are dotted identifiers in practice; 255 bytes is generous and bounds index entries.
+MAX_KIND_LENGTH = 255
+#: priority is a SMALLINT column.
+MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
+#: A payload is the task's arguments, not its data: large blobs belong elsewhere and would
+#: bloat the hot table that every claim scans.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+#: last_error keeps the head of long messages (tracebacks are logged, not stored).
+MAX_ERROR_BYTES = 4096
+#: The highest max_attempts accepted; attempts is an INTEGER and a retry loop past this is a bug.
+MAX_ATTEMPTS_LIMIT = 1000
+
+
+def validate_queue_name(queue: str) -> str:
+    """Return ``queue`` if it is a valid queue name, else raise :class:`InvalidTaskError`."""
+    if not isinstance(queue, str) or not QUEUE_NAME_PATTERN.fullmatch(queue):
+        raise InvalidTaskError(
+            f"invalid queue name {queue!r}: use 1-128 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return queue
+
+
+def validate_kind(kind: str) -> str:
+    """Return ``kind`` if it is a usable task kind, else raise :class:`InvalidTaskError`."""
+    if not isinstance(kind, str) or not kind or len(kind.encode()) > MAX_KIND_LENGTH:
+        raise InvalidTaskError(f"invalid task kind {kind!r}: use 1-{MAX_KIND_LENGTH} bytes")
+    if kind != kind.strip() or "\x00" in kind:
+        raise InvalidTaskError(f"invalid task kind {kind!r}: no surrounding spaces or NUL bytes")
+    return kind
+
+
+def validate_priority(priority: int) -> int:
+    """Return ``priority`` if it fits the SMALLINT column, else raise."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidTaskError(f"priority must be an integer, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidTaskError(
+            f"priority {priority} is outside {MIN_PRIORITY}..{MAX_PRIORITY} (higher runs first)"
+        )
+    return priority
+
+
+def validate_max_attempts(max_attempts: int) -> int:
+    """Return ``max_attempts`` if it is in 1..MAX_ATTEMPTS_LIMIT, else raise."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise InvalidTaskError(f"max_attempts must be an integer, got {max_attempts!r}")
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidTaskError(
+            f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"
+        )
+    return max_attempts
+
+
+def validate_scheduled_at(scheduled_at: datetime | None) -> datetime | None:
+    """Reject naive datetimes: a wall-clock time without a zone is ambiguous across hosts."""
+    if scheduled_at is None:
+        return None
+    if not isinstance(scheduled_at, datetime):
+        raise InvalidTaskError(f"scheduled_at must be a datetime, got {scheduled_at!r}")
+    if scheduled_at.tzinfo is None or scheduled_at.utcoffset() is None:
+        raise InvalidTaskError(
+            "scheduled_at must be timezone-aware (for example datetime.now(timezone.utc))"
+        )
+    return scheduled_at
+
+
+def validate_payload_size(encoded: bytes | str) -> None:
+    """Raise if a JSON-encoded payload exceeds :data:`MAX_PAYLOAD_BYTES`."""
+    size = len(encoded.encode() if isinstance(encoded, str) else encoded)
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidTaskError(
+            f"payload is {size} bytes encoded as JSON; the limit is {MAX_PAYLOAD_BYTES} bytes"
+        )
+
+
+def truncate_error(message: str, limit: int = MAX_ERROR_BYTES) -> str:
+    """Cut ``message`` to at most ``limit`` UTF-8 bytes without splitting a character.
+
+    NUL characters are replaced because PostgreSQL text cannot hold them.
+    """
+    message = message.replace("\x00", "\\x00")
+    encoded = message.encode()
+    if len(encoded) <= limit:
+        return message
+    marker = " ...[truncated]"
+    head = encoded[: limit - len(marker)].decode(errors="ignore")
+    return head + marker

@@ -1,0 +1,44 @@
+"""Task statuses and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life.
+
+    ``pending`` tasks wait for a worker (possibly until ``scheduled_at``); ``running`` tasks are
+    leased by one worker; the other three are final.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for completed, failed and cancelled: nothing moves the task on by itself."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+#: Every change of status the engine performs. The store's guarded UPDATEs implement exactly
+#: these; a test checks the SQL against this table.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    # claim; cancel before it ran
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
+    # complete; retry, lease recovery or release on shutdown; give up
+    TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.PENDING, TaskStatus.FAILED}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: TaskStatus, new: TaskStatus) -> bool:
+    """Tell whether the engine ever moves a task from ``current`` to ``new``."""
+    return new in TRANSITIONS[current]

@@ -1,0 +1,158 @@
+"""What a task is: the user-facing :class:`Task` base class, the :class:`TaskContext` a handler
+receives, and the records the store returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from iron_defer_trio.domain.retry import RetryPolicy
+from iron_defer_trio.domain.status import TaskStatus
+
+
+class Task(BaseModel):
+    """Base class of every task: a pydantic model whose fields are the task's JSON payload.
+
+    Subclass it, name the kind and implement :meth:`execute`::
+
+        class SendEmail(Task):
+            KIND: ClassVar[str] = "send_email"
+            to: str
+            subject: str
+
+            async def execute(self, ctx: TaskContext) -> None:
+                ...
+
+    Optional class attributes set per-class defaults that ``enqueue`` arguments override:
+    ``QUEUE`` (used when enqueue names no queue), ``PRIORITY``, ``MAX_ATTEMPTS`` and ``RETRY``
+    (a :class:`RetryPolicy`).
+
+    Tasks are frozen and reject unknown fields, so a typo in a submitted payload is an error
+    rather than a silently ignored value. Override ``model_config`` to relax that.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Stable name stored with each task and used to find its class when it runs. Changing it
+    #: strands the tasks already queued under the old name.
+    KIND: ClassVar[str]
+    #: Queue used when ``enqueue`` is not given one (``"default"`` when None).
+    QUEUE: ClassVar[str | None] = None
+    #: Higher runs first; -32768..32767.
+    PRIORITY: ClassVar[int] = 0
+    #: Attempts before the task fails for good (the engine's ``worker.max_attempts`` when None).
+    MAX_ATTEMPTS: ClassVar[int | None] = None
+    #: Backoff between attempts (the engine's ``worker.base_delay``/``max_delay`` when None).
+    RETRY: ClassVar[RetryPolicy | None] = None
+
+    async def execute(self, ctx: TaskContext) -> None:
+        """Do the work. Returning completes the task; raising fails this attempt.
+
+        Raise :class:`~iron_defer_trio.TaskError` with ``retry=False`` to fail at once, or
+        :class:`~iron_defer_trio.RetryAfter` to retry after a chosen delay. Any other exception
+        is retried with backoff while attempts remain. The engine may cancel the call (graceful
+        shutdown past its deadline, or a lost lease); the task is then handed back, not failed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement execute()")
+
+
+class TaskLogger(Protocol):
+    """The logging interface handlers get (a structlog bound logger satisfies it)."""
+
+    def debug(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
+    def info(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
+    def warning(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
+    def error(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
+    def exception(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskContext:
+    """What a running handler knows about its task and attempt."""
+
+    task_id: UUID
+    queue: str
+    kind: str
+    #: This attempt's number, counting from 1.
+    attempt: int
+    max_attempts: int
+    #: Identity of the engine process running the attempt (new at every engine start).
+    worker_id: UUID
+    #: When the task became due.
+    scheduled_at: datetime
+    #: A logger already bound with task_id, queue, kind, attempt and worker_id.
+    log: TaskLogger = field(repr=False)
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure of this attempt fails the task for good."""
+        return self.attempt >= self.max_attempts
+
+
+class TaskRecord(BaseModel):
+    """A task as stored in the database, at the moment it was read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    queue: str
+    kind: str
+    #: The task's fields as JSON.
+    payload: JsonValue
+    status: TaskStatus
+    priority: int
+    #: Attempts started so far (the running one included).
+    attempts: int
+    max_attempts: int
+    #: Message of the most recent failure, at most 4096 bytes.
+    last_error: str | None
+    #: Earliest time a worker may claim the task.
+    scheduled_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    #: Worker holding the lease while running, else None.
+    claimed_by: UUID | None
+    #: Lease expiry while running; the sweeper recovers the task after it.
+    claimed_until: datetime | None
+    #: Start of the latest attempt.
+    started_at: datetime | None
+    #: When the task reached a final status.
+    finished_at: datetime | None
+
+
+class NewTask(BaseModel):
+    """A validated task ready to be inserted (the store's input)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    kind: str
+    #: The payload already encoded as JSON text (encoded once, size-checked by the engine).
+    payload_json: str
+    priority: int
+    max_attempts: int
+    #: None means "now" by the database clock.
+    scheduled_at: datetime | None
+
+
+class QueueStatistics(BaseModel):
+    """Counts for one queue, read in one query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    pending: int
+    #: Pending tasks whose ``scheduled_at`` is still in the future (included in ``pending``).
+    scheduled: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    #: Distinct workers holding a lease on this queue's tasks.
+    active_workers: int
+    #: Seconds the oldest due pending task has waited past its ``scheduled_at`` (None if none).
+    oldest_pending_age: float | None

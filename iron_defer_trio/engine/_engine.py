@@ -1,0 +1,645 @@
+"""The engine: producer API, and the nursery tree of workers and services.
+
+::
+
+    run_engine(...)                     async context manager, owns everything below
+      services nursery
+        completer    writes attempt outcomes in batches
+        heartbeat    renews the leases of tasks this engine runs
+        listener     LISTEN/NOTIFY -> wakes queue workers
+        sweeper      recovers expired leases (any engine's)
+        workers nursery
+          queue "default": claim loop + nursery of running tasks (CapacityLimiter)
+          queue "emails":  ...
+
+Shutdown (block exit or :meth:`Engine.stop`): stop claiming; running tasks may finish until
+``shutdown_timeout``; the rest are cancelled through their cancel scopes and handed back as
+pending; outcomes are written; every row still running under this engine's id is released;
+then the services stop. If the surrounding scope is cancelled instead, the same release runs
+shielded, so nothing stays ``running`` under a dead engine id after a clean exit either way.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, overload
+from uuid import UUID
+
+import trio
+
+from iron_defer_trio.domain import NewTask, QueueStatistics, Task, TaskRecord, TaskStatus
+from iron_defer_trio.domain.limits import (
+    validate_max_attempts,
+    validate_payload_size,
+    validate_priority,
+    validate_queue_name,
+    validate_scheduled_at,
+)
+from iron_defer_trio.engine._completer import Completer
+from iron_defer_trio.engine._health import DatabaseHealth
+from iron_defer_trio.engine._heartbeat import Heartbeat
+from iron_defer_trio.engine._inflight import InFlight
+from iron_defer_trio.engine._listener import NotificationListener
+from iron_defer_trio.engine._sweeper import Sweeper
+from iron_defer_trio.engine._worker import QueueWorker, QueueWorkerStatistics
+from iron_defer_trio.errors import (
+    ConfigError,
+    EngineClosed,
+    InvalidTaskError,
+    InvalidTransition,
+    StoreError,
+    TaskNotFound,
+)
+from iron_defer_trio.observability.logs import Logger, default_logger
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import AsyncIterator, Mapping, Sequence
+    from datetime import datetime
+
+    from iron_defer_trio.config import Settings
+    from iron_defer_trio.engine._registry import TaskRegistry
+    from iron_defer_trio.store.protocol import FinishResult, Outcome, TaskStore
+
+#: Shielded time allowed at the very end of a shutdown to hand back leftover leases.
+RELEASE_TIMEOUT = 5.0
+#: Largest page ``Engine.list`` returns.
+MAX_LIST_LIMIT = 1000
+#: How often wait_until_idle re-checks; short, since it only runs in tests and scripts.
+_IDLE_POLL = 0.01
+
+
+class EngineState(StrEnum):
+    """Lifecycle of an engine."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """A snapshot of an engine, from memory (no database query)."""
+
+    worker_id: UUID
+    state: EngineState
+    #: One entry per queue this engine works on (empty for a producer-only engine).
+    queues: tuple[QueueWorkerStatistics, ...]
+    #: Tasks leased by this engine: running, or finished with the outcome not yet written.
+    in_flight: int
+    #: Outcomes waiting to be written.
+    outcome_backlog: int
+    #: False between a failed database call and the next successful one.
+    database_available: bool
+    #: True while the LISTEN session is connected.
+    listening: bool
+
+
+class Engine:
+    """A running iron-defer-trio engine. Get one from :func:`iron_defer_trio.open_engine`.
+
+    Producer methods (enqueue, get, list, cancel, queue_stats) work whether or not this engine
+    runs workers. Every method that talks to the database is a checkpoint and raises
+    :class:`~iron_defer_trio.StoreUnavailable` when it cannot be reached (nothing is written).
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        registry: TaskRegistry,
+        settings: Settings,
+        queues: Mapping[str, int],
+        log: Logger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.worker_id: UUID = uuid.uuid4()
+        self.settings = settings
+        self.registry = registry
+        self._store = store
+        self._rng = rng or random.Random()
+        self._log = (log or default_logger()).bind(worker_id=str(self.worker_id))
+        self._state = EngineState.STARTING
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
+        self._run_workers = False
+        self._written = 0
+        self._inflight = InFlight()
+        self._health = DatabaseHealth(self._log)
+        self._completer = Completer(
+            store,
+            self.worker_id,
+            self._inflight,
+            self._health,
+            self._log,
+            self._rng,
+            self._outcome_written,
+        )
+        self._heartbeat = Heartbeat(
+            store,
+            self.worker_id,
+            self._inflight,
+            self._health,
+            self._log,
+            self._rng,
+            interval=settings.worker.heartbeat_interval,
+            lease=settings.worker.lease_duration,
+        )
+        self._sweeper = Sweeper(
+            store, self._health, self._log, self._rng, interval=settings.worker.sweeper_interval
+        )
+        self._listener = NotificationListener(
+            store, self._health, self._log, self._rng, wake=self._wake, wake_all=self._wake_all
+        )
+        self._workers = {
+            name: QueueWorker(
+                validate_queue_name(name),
+                concurrency,
+                store=store,
+                registry=registry,
+                worker_id=self.worker_id,
+                inflight=self._inflight,
+                completer=self._completer,
+                health=self._health,
+                settings=settings.worker,
+                log=self._log,
+                rng=self._rng,
+            )
+            for name, concurrency in queues.items()
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        """Where the engine is in its life."""
+        return self._state
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Queues this engine's workers claim from (empty for a producer-only engine)."""
+        return tuple(self._workers) if self._run_workers else ()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent, returns at once).
+
+        Claiming stops; running tasks get ``worker.shutdown_timeout`` seconds to finish. The
+        ``open_engine`` block's exit waits for the shutdown to complete.
+        """
+        self._stop_requested.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the shutdown has completed."""
+        await self._stopped.wait()
+
+    def statistics(self) -> EngineStatistics:
+        """A snapshot of this engine's state and counters (no I/O)."""
+        return EngineStatistics(
+            worker_id=self.worker_id,
+            state=self._state,
+            queues=tuple(w.statistics() for w in self._workers.values())
+            if self._run_workers
+            else (),
+            in_flight=len(self._inflight),
+            outcome_backlog=self._completer.backlog,
+            database_available=self._health.available,
+            listening=self._listener.connected,
+        )
+
+    async def wait_until_idle(self, *, include_scheduled: bool = False) -> None:
+        """Wait until none of this engine's queues has a due task it could run, and nothing
+        runs here (or waits to have its outcome written).
+
+        Meant for tests and scripts ("enqueue, then wait for the work to be done"); put it
+        under a ``trio.fail_after``. With ``include_scheduled=True``, future-scheduled tasks
+        (including retries waiting for their backoff) are made due at once, repeatedly, so
+        every task runs to a final status.
+
+        Raises:
+            ConfigError: this engine runs no workers (``run_workers=False``).
+        """
+        if not self._run_workers:
+            raise ConfigError("wait_until_idle needs an engine that runs workers")
+        queues = list(self._workers)
+        kinds = list(self.registry.kinds)
+        while True:
+            self._check_open()
+            if include_scheduled:
+                await self._store.make_due(queues)
+            before = self._activity()
+            if before is not None:
+                due = await self._store.count_due(queues, kinds)
+                # Idle only if nothing was claimed or written while we counted: a task that
+                # ran meanwhile may have enqueued more work after the count's snapshot.
+                if due == 0 and self._activity() == before:
+                    return
+            self._wake_all()
+            await trio.sleep(_IDLE_POLL)
+
+    def _activity(self) -> int | None:
+        """A counter of claims and written outcomes, or None while anything is in flight."""
+        busy = (
+            len(self._inflight) > 0
+            or self._completer.backlog > 0
+            or any(worker.claiming for worker in self._workers.values())
+        )
+        if busy:
+            return None
+        return self._written + sum(worker.claimed for worker in self._workers.values())
+
+    def _check_open(self) -> None:
+        if self._state is EngineState.STOPPED:
+            raise EngineClosed("the engine is stopped; open a new one with open_engine()")
+
+    def _wake(self, queue: str) -> None:
+        worker = self._workers.get(queue)
+        if worker is not None and self._run_workers:
+            worker.wake()
+
+    def _wake_all(self) -> None:
+        if self._run_workers:
+            for worker in self._workers.values():
+                worker.wake()
+
+    def _outcome_written(self, outcome: Outcome, result: FinishResult | None) -> None:
+        self._written += 1
+        if result is None:
+            # Fenced: the lease had been taken over (expired and recovered) before the write.
+            self._log.warning(
+                "outcome_refused",
+                task_id=str(outcome.task_id),
+                attempt=outcome.attempt,
+                outcome=outcome.kind.value,
+            )
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run workers and services until :meth:`stop`, then shut down gracefully."""
+        self._run_workers = True
+        try:
+            async with trio.open_nursery() as services:
+                await services.start(self._completer.run)
+                await services.start(self._heartbeat.run)
+                await services.start(self._listener.run)
+                await services.start(self._sweeper.run)
+                async with trio.open_nursery() as workers:
+                    for worker in self._workers.values():
+                        await workers.start(worker.run)
+                    self._state = EngineState.RUNNING
+                    self._log.info(
+                        "engine_started",
+                        queues={
+                            name: w.statistics().concurrency for name, w in self._workers.items()
+                        },
+                        kinds=list(self.registry.kinds),
+                    )
+                    task_status.started()
+                    await self._stop_requested.wait()
+                    self._begin_drain()
+                    for worker in self._workers.values():
+                        worker.drain(trio.current_time() + self.settings.worker.shutdown_timeout)
+                # Every task ended; write their outcomes (the completer retries while the
+                # database is unavailable, within the same grace period).
+                with trio.move_on_after(max(self.settings.worker.shutdown_timeout, 1.0)):
+                    await self._completer.wait_idle()
+                services.cancel_scope.cancel()
+        finally:
+            await self._release_leftovers()
+
+    def _begin_drain(self) -> None:
+        self._state = EngineState.DRAINING
+        self._log.info(
+            "engine_draining",
+            running=len(self._inflight),
+            shutdown_timeout=self.settings.worker.shutdown_timeout,
+        )
+
+    async def _release_leftovers(self) -> None:
+        # Shielded: this also runs when the surrounding scope was cancelled, and it is what
+        # guarantees no row stays running under this engine's id after it exits.
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT) as scope:
+            try:
+                released = await self._store.release_worker(self.worker_id)
+            except StoreError as exc:
+                self._log.error(
+                    "release_failed",
+                    error=str(exc),
+                    consequence="the sweeper will recover these tasks once their lease expires",
+                )
+            else:
+                for task_id in released:
+                    self._log.warning("task_released", task_id=str(task_id), reason="shutdown")
+        if scope.cancelled_caught:
+            self._log.error("release_failed", error="timed out")
+
+    # --- producer API --------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        queue: str | None,
+        task: Task,
+        *,
+        priority: int | None,
+        scheduled_at: datetime | None,
+        max_attempts: int | None,
+    ) -> NewTask:
+        if not isinstance(task, Task):
+            raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
+        kind = self.registry.kind_of(task)
+        cls = type(task)
+        payload_json = task.model_dump_json()
+        validate_payload_size(payload_json)
+        return NewTask(
+            queue=validate_queue_name(queue or cls.QUEUE or "default"),
+            kind=kind,
+            payload_json=payload_json,
+            priority=validate_priority(cls.PRIORITY if priority is None else priority),
+            max_attempts=validate_max_attempts(
+                max_attempts
+                if max_attempts is not None
+                else cls.MAX_ATTEMPTS or self.settings.worker.max_attempts
+            ),
+            scheduled_at=validate_scheduled_at(scheduled_at),
+        )
+
+    @overload
+    async def enqueue(
+        self,
+        queue: str,
+        task: Task,
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> TaskRecord: ...
+
+    @overload
+    async def enqueue(
+        self,
+        task: Task,
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> TaskRecord: ...
+
+    async def enqueue(
+        self,
+        queue_or_task: str | Task,
+        task: Task | None = None,
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> TaskRecord:
+        """Store a task for execution and wake a worker of its queue.
+
+        Call as ``enqueue("emails", SendEmail(...))`` or ``enqueue(SendEmail(...))`` (the
+        class's ``QUEUE``, else ``"default"``).
+
+        Args:
+            priority: higher runs first (-32768..32767); default the class's ``PRIORITY``.
+            scheduled_at: timezone-aware earliest start; default now (database clock).
+            max_attempts: attempts before failing for good; default the class's
+                ``MAX_ATTEMPTS``, else ``worker.max_attempts``.
+
+        Returns:
+            The stored task.
+
+        Raises:
+            UnknownTaskKind: the task's class is not registered with this engine.
+            InvalidTaskError: a bad queue name, priority, max_attempts, scheduled_at or an
+                oversized payload. Nothing was written.
+            StoreUnavailable: the database cannot be reached. Nothing was written.
+        """
+        queue, the_task = _split(queue_or_task, task)
+        new = self._prepare(
+            queue,
+            the_task,
+            priority=priority,
+            scheduled_at=scheduled_at,
+            max_attempts=max_attempts,
+        )
+        self._check_open()
+        (record,) = await self._store.enqueue([new])
+        self._log.info(
+            "task_enqueued",
+            task_id=str(record.id),
+            queue=record.queue,
+            kind=record.kind,
+            priority=record.priority,
+            scheduled_at=record.scheduled_at.isoformat(),
+        )
+        return record
+
+    @overload
+    async def enqueue_many(
+        self,
+        queue: str,
+        tasks: Sequence[Task],
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> builtins.list[TaskRecord]: ...
+
+    @overload
+    async def enqueue_many(
+        self,
+        tasks: Sequence[Task],
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> builtins.list[TaskRecord]: ...
+
+    async def enqueue_many(
+        self,
+        queue_or_tasks: str | Sequence[Task],
+        tasks: Sequence[Task] | None = None,
+        /,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> builtins.list[TaskRecord]:
+        """Store many tasks in one statement (one round trip, one transaction: all or none).
+
+        Options apply to every task; tasks may be of different kinds. Returns the records in
+        the order given. Raises like :meth:`enqueue`; nothing is written on any error.
+        """
+        if isinstance(queue_or_tasks, str):
+            queue: str | None = queue_or_tasks
+            batch = tasks
+        else:
+            queue, batch = None, queue_or_tasks
+        given: object = batch
+        if given is None or isinstance(given, Task | str):
+            raise InvalidTaskError("enqueue_many takes a sequence of tasks")
+        assert batch is not None
+        prepared = [
+            self._prepare(
+                queue,
+                item,
+                priority=priority,
+                scheduled_at=scheduled_at,
+                max_attempts=max_attempts,
+            )
+            for item in batch
+        ]
+        self._check_open()
+        records = await self._store.enqueue(prepared)
+        for record in records:
+            self._log.info(
+                "task_enqueued",
+                task_id=str(record.id),
+                queue=record.queue,
+                kind=record.kind,
+                priority=record.priority,
+                scheduled_at=record.scheduled_at.isoformat(),
+            )
+        return records
+
+    async def get(self, task_id: UUID | str) -> TaskRecord:
+        """Read one task.
+
+        Raises:
+            TaskNotFound: no task has this id.
+        """
+        the_id = _as_uuid(task_id)
+        self._check_open()
+        record = await self._store.get(the_id)
+        if record is None:
+            raise TaskNotFound(the_id)
+        return record
+
+    async def cancel(self, task_id: UUID | str) -> TaskRecord:
+        """Cancel a task that has not started yet.
+
+        Returns:
+            The task, now ``cancelled``.
+
+        Raises:
+            TaskNotFound: no task has this id.
+            InvalidTransition: the task is running or already finished (``exc.status``).
+        """
+        the_id = _as_uuid(task_id)
+        self._check_open()
+        result = await self._store.cancel(the_id)
+        if result.cancelled is not None:
+            record = result.cancelled
+            self._log.info(
+                "task_cancelled", task_id=str(record.id), queue=record.queue, kind=record.kind
+            )
+            return record
+        if result.current is None:
+            raise TaskNotFound(the_id)
+        raise InvalidTransition(the_id, result.current.status.value, "cancel")
+
+    async def queue_stats(self) -> builtins.list[QueueStatistics]:
+        """Counts by status, active workers and the oldest due pending age, per queue."""
+        self._check_open()
+        return await self._store.queue_statistics()
+
+    async def list(
+        self,
+        *,
+        queue: str | None = None,
+        status: TaskStatus | str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        before: UUID | str | None = None,
+    ) -> builtins.list[TaskRecord]:
+        """Tasks newest first, optionally filtered.
+
+        Args:
+            limit: page size, 1..1000.
+            before: keyset cursor: only tasks older than this id (pass the last id of the
+                previous page). Pages stay stable while new tasks arrive.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidTaskError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+        try:
+            the_status = None if status is None else TaskStatus(status)
+        except ValueError:
+            raise InvalidTaskError(
+                f"unknown status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
+            ) from None
+        self._check_open()
+        return await self._store.list_tasks(
+            queue=queue,
+            status=the_status,
+            kind=kind,
+            before=None if before is None else _as_uuid(before),
+            limit=limit,
+        )
+
+
+def _split(queue_or_task: str | Task, task: Task | None) -> tuple[str | None, Task]:
+    if isinstance(queue_or_task, str):
+        if task is None:
+            raise InvalidTaskError("enqueue(queue, task): the task is missing")
+        return queue_or_task, task
+    if task is not None:
+        raise InvalidTaskError("enqueue(task) takes no second task; pass the queue first")
+    return None, queue_or_task
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise TaskNotFound(value) from None
+
+
+@asynccontextmanager
+async def run_engine(
+    store: TaskStore,
+    *,
+    registry: TaskRegistry,
+    settings: Settings,
+    queues: Mapping[str, int] | None = None,
+    run_workers: bool = True,
+    log: Logger | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Engine]:
+    """Run an engine on ``store`` for the lifetime of the block; shut down gracefully at exit.
+
+    Exceptions from the block propagate; see :func:`iron_defer_trio.open_engine` for the
+    user-facing wrapper that also owns the store and unwraps exception groups.
+    """
+    engine = Engine(
+        store,
+        registry=registry,
+        settings=settings,
+        queues=settings.queues if queues is None else queues,
+        log=log,
+        rng=rng,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            if run_workers:
+                await nursery.start(engine._serve)
+            else:
+                engine._state = EngineState.RUNNING
+            try:
+                yield engine
+            finally:
+                engine.stop()
+    finally:
+        engine._state = EngineState.STOPPED
+        engine._stopped.set()
+        engine._log.info("engine_stopped")

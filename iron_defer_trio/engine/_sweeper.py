@@ -1,0 +1,92 @@
+"""Recovers tasks whose lease expired: their worker died, hung, or lost the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from iron_defer_trio.domain import TaskStatus
+from iron_defer_trio.errors import StoreError
+
+if TYPE_CHECKING:
+    import random
+    from datetime import datetime
+
+    from iron_defer_trio.engine._health import DatabaseHealth
+    from iron_defer_trio.observability.logs import Logger
+    from iron_defer_trio.store.protocol import RecoveredTask, TaskStore
+
+#: Tasks recovered per statement; a backlog is worked through in several statements.
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep did."""
+
+    recovered: tuple[RecoveredTask, ...]
+
+    @property
+    def requeued(self) -> int:
+        """Tasks made pending again."""
+        return sum(1 for task in self.recovered if task.status is TaskStatus.PENDING)
+
+    @property
+    def failed(self) -> int:
+        """Tasks failed because their expired attempt was the last."""
+        return sum(1 for task in self.recovered if task.status is TaskStatus.FAILED)
+
+
+class Sweeper:
+    """Runs :meth:`run_once` every interval. Any number of engines may sweep at once: each
+    expired row is taken by exactly one of them (``SKIP LOCKED``)."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        health: DatabaseHealth,
+        log: Logger,
+        rng: random.Random,
+        *,
+        interval: float,
+    ) -> None:
+        self._store = store
+        self._health = health
+        self._log = log
+        self._rng = rng
+        self._interval = interval
+
+    async def run_once(self, *, now: datetime | None = None) -> SweepResult:
+        """Recover every task whose lease expired before ``now`` (None: the database clock)."""
+        recovered: list[RecoveredTask] = []
+        while True:
+            batch = await self._store.recover_expired(limit=BATCH, now=now)
+            recovered.extend(batch)
+            for task in batch:
+                self._log.warning(
+                    "task_recovered",
+                    task_id=str(task.task_id),
+                    queue=task.queue,
+                    kind=task.kind,
+                    attempt=task.attempts,
+                    max_attempts=task.max_attempts,
+                    status=task.status.value,
+                    previous_worker=str(task.previous_worker),
+                )
+            if len(batch) < BATCH:
+                return SweepResult(tuple(recovered))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sweep now, then every interval (with a little jitter so engines started together
+        do not sweep in lockstep), until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                await self.run_once()
+            except StoreError as exc:
+                self._health.failed("sweeper", exc)
+            else:
+                self._health.succeeded()
+            await trio.sleep(self._interval * (0.9 + 0.2 * self._rng.random()))

@@ -1,0 +1,59 @@
+"""The only place where trio meets asyncio.
+
+asyncpg is asyncio-only. A :class:`Bridge` owns a private asyncio loop opened with
+``trio_asyncio.open_loop()`` (the host program's own loop, if any, is untouched) and crosses
+into it through one helper, :meth:`Bridge.call`, which also translates errors. Each crossing
+costs ~100 us, so callers cross once per unit of work: the asyncio-side coroutine does the
+acquire, the statement(s) and the release.
+
+Cancellation flows through: cancelling the trio scope around ``call`` cancels the asyncio
+task, asyncpg cancels the statement on the server and the connection returns to the pool.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
+
+import trio_asyncio
+
+from iron_defer_trio.store._errors import map_db_errors
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class Bridge:
+    """A private asyncio loop and the one way into it."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+
+    async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Run the asyncio coroutine function ``fn(*args)`` on the private loop.
+
+        Raises:
+            StoreError: (or a subclass) for any driver or socket error.
+        """
+        with map_db_errors():
+            result: T = await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args)
+            return result
+
+    def call_soon(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Schedule a plain callback on the private loop (used to close listener
+        connections from a termination callback)."""
+        self._loop.call_soon(fn, *args)
+
+
+@asynccontextmanager
+async def open_bridge() -> AsyncIterator[Bridge]:
+    """Open a private asyncio loop for the lifetime of the block.
+
+    Every asyncio object (pool, connection) created through the bridge must be closed before
+    the block ends.
+    """
+    async with trio_asyncio.open_loop() as loop:
+        yield Bridge(loop)

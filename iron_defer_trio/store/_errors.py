@@ -1,0 +1,59 @@
+"""Translate driver and socket errors into the StoreError family, once, at the bridge."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from iron_defer_trio.errors import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: SQLSTATEs meaning "the server cannot serve you now", not "your statement is wrong":
+#: connection exceptions (08), admin/crash shutdown and startup (57P0x), too many connections.
+_UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
+
+
+def is_unavailable_sqlstate(sqlstate: str | None) -> bool:
+    """True when PostgreSQL's error code says the database is unreachable or restarting."""
+    return sqlstate is not None and sqlstate.startswith(_UNAVAILABLE_PREFIXES)
+
+
+def translate(exc: BaseException) -> StoreError | None:
+    """The StoreError for a driver/OS error, or None if ``exc`` is not one we translate.
+
+    Messages keep PostgreSQL's primary text and code but drop DETAIL (it may quote row values,
+    i.e. task payloads) and never include the DSN.
+    """
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate
+        message = f"database error {sqlstate}: {exc.args[0] if exc.args else type(exc).__name__}"
+        if is_unavailable_sqlstate(sqlstate):
+            return StoreUnavailable(f"database unavailable ({message})", sqlstate=sqlstate)
+        return StoreError(message, sqlstate=sqlstate)
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # asyncpg raises these for a connection closed under it ("connection is closed",
+        # "cannot perform operation: another operation is in progress" after a reset).
+        return StoreUnavailable(f"database connection lost ({exc})")
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailable("database did not answer in time (connect, pool or statement)")
+    if isinstance(exc, OSError):
+        return StoreUnavailable(f"cannot reach the database ({exc.strerror or exc})")
+    return None
+
+
+@contextmanager
+def map_db_errors() -> Iterator[None]:
+    """Re-raise driver and socket errors as StoreError subclasses (``from`` the original)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is None or translated is exc:
+            raise
+        raise translated from exc

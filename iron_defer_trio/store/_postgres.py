@@ -1,0 +1,414 @@
+"""The TaskStore on PostgreSQL through asyncpg.
+
+Each public method is a trio coroutine that crosses the bridge once; the asyncio-side
+functions below (prefixed ``_aio_``) do the whole unit of work on their side: acquire a pooled
+connection, run the named statement, release.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+import trio
+
+from iron_defer_trio.domain import NewTask, QueueStatistics, TaskRecord, TaskStatus
+from iron_defer_trio.errors import ConfigError, StoreUnavailable
+from iron_defer_trio.store._bridge import Bridge, open_bridge
+from iron_defer_trio.store._ids import uuid7
+from iron_defer_trio.store._migrate import MigrationReport, apply_migrations, load_migrations
+from iron_defer_trio.store._queries import TASKS
+from iron_defer_trio.store.protocol import (
+    CancelResult,
+    FinishResult,
+    Outcome,
+    OutcomeKind,
+    RecoveredTask,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from datetime import datetime
+    from uuid import UUID
+
+    from iron_defer_trio.config import DatabaseSettings
+
+#: The NOTIFY channel; the payload is the queue name.
+CHANNEL = "iron_defer"
+#: Notifications waiting for the engine. They are only wake-ups (the poll catches up), so
+#: when the engine falls this far behind, dropping more is harmless.
+_NOTIFY_BUFFER = 1024
+#: Time allowed to close the pool or a listener when the block exits, even if cancelled.
+_CLOSE_TIMEOUT = 5.0
+
+# asyncpg's classes are generic only in its stubs, so the aliases are strings.
+_Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+_Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+
+
+# --- asyncio side -------------------------------------------------------------------------
+
+
+async def _init_connection(conn: _Conn) -> None:
+    # jsonb comes back as Python objects; parameters are sent as text and cast in SQL.
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
+    )
+
+
+async def _keep_session(conn: _Conn) -> None:
+    # The default reset (UNLISTEN *, RESET ALL, advisory unlock ...) costs a round trip per
+    # release; our pooled sessions never change session state, so there is nothing to undo.
+    return None
+
+
+async def _aio_create_pool(settings: DatabaseSettings, dsn: str) -> _Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=settings.max_connections,
+        timeout=settings.connect_timeout,
+        command_timeout=settings.command_timeout,
+        max_inactive_connection_lifetime=300.0,
+        init=_init_connection,
+        reset=_keep_session,
+        server_settings={"application_name": "iron-defer-trio"},
+    )
+    assert pool is not None  # create_pool only returns None when awaited without init
+    return pool
+
+
+async def _aio_fetch(
+    pool: _Pool, acquire_timeout: float, sql: str, args: Sequence[Any]
+) -> list[Any]:
+    async with pool.acquire(timeout=acquire_timeout) as conn:
+        rows: list[Any] = await conn.fetch(sql, *args)
+        return rows
+
+
+async def _aio_cancel(pool: _Pool, acquire_timeout: float, task_id: UUID) -> tuple[Any, Any]:
+    async with pool.acquire(timeout=acquire_timeout) as conn:
+        row = await conn.fetchrow(TASKS["cancel_pending"], task_id)
+        if row is not None:
+            return row, None
+        # Not pending (or absent): read what it is now, after the refused change.
+        return None, await conn.fetchrow(TASKS["get"], task_id)
+
+
+async def _aio_close_pool(pool: _Pool) -> None:
+    await pool.close()
+
+
+async def _aio_listen(
+    dsn: str,
+    connect_timeout: float,
+    on_notify: Callable[[Any, int, str, object], None],
+    on_terminate: Callable[[Any], None],
+) -> _Conn:
+    conn: _Conn = await asyncpg.connect(
+        dsn,
+        timeout=connect_timeout,
+        server_settings={"application_name": "iron-defer-trio listen"},
+    )
+    try:
+        await conn.add_listener(CHANNEL, on_notify)
+    except BaseException:
+        conn.terminate()
+        raise
+    conn.add_termination_listener(on_terminate)
+    return conn
+
+
+async def _aio_ping(conn: _Conn, ping_timeout: float) -> None:
+    await conn.fetchval(TASKS["ping"], timeout=ping_timeout)
+
+
+async def _aio_close_conn(conn: _Conn) -> None:
+    await conn.close()
+
+
+# --- rows to domain -----------------------------------------------------------------------
+
+
+def _record(row: Any) -> TaskRecord:
+    # The schema's types and CHECK constraints already guarantee every field, so skip
+    # re-validation on this hot path.
+    return TaskRecord.model_construct(
+        id=row["id"],
+        queue=row["queue"],
+        kind=row["kind"],
+        payload=row["payload"],
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        last_error=row["last_error"],
+        scheduled_at=row["scheduled_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        claimed_by=row["claimed_by"],
+        claimed_until=row["claimed_until"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+_OUTCOME_STATUS = {
+    OutcomeKind.COMPLETED: TaskStatus.COMPLETED,
+    OutcomeKind.RETRY: TaskStatus.PENDING,
+    OutcomeKind.FAILED: TaskStatus.FAILED,
+    OutcomeKind.RELEASED: TaskStatus.PENDING,
+}
+
+
+# --- trio side ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _PgListener:
+    notifications: trio.MemoryReceiveChannel[str]
+    _bridge: Bridge
+    _conn: _Conn
+    _timeout: float
+
+    async def ping(self) -> None:
+        if self._conn.is_closed():
+            raise StoreUnavailable("the LISTEN connection is closed")
+        await self._bridge.call(_aio_ping, self._conn, self._timeout)
+
+
+class PostgresStore:
+    """:class:`~iron_defer_trio.store.protocol.TaskStore` on PostgreSQL. Create it with
+    :func:`open_postgres_store`."""
+
+    def __init__(self, bridge: Bridge, pool: _Pool, settings: DatabaseSettings, dsn: str) -> None:
+        self._bridge = bridge
+        self._pool = pool
+        self._settings = settings
+        self._dsn = dsn
+        # Waiting for a pooled connection is normal under load; only a statement-length wait
+        # means the database is stuck.
+        self._acquire_timeout = settings.command_timeout
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        return await self._bridge.call(
+            _aio_fetch, self._pool, self._acquire_timeout, TASKS[query], args
+        )
+
+    async def migrate(self) -> MigrationReport:
+        """Apply pending migrations (see :mod:`iron_defer_trio.store._migrate`)."""
+        return await self._bridge.call(_aio_migrate, self._dsn, self._settings.connect_timeout)
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskRecord]:
+        if not tasks:
+            return []
+        rows = await self._fetch(
+            "enqueue",
+            [uuid7() for _ in tasks],
+            [t.queue for t in tasks],
+            [t.kind for t in tasks],
+            [t.payload_json for t in tasks],
+            [t.priority for t in tasks],
+            [t.max_attempts for t in tasks],
+            [t.scheduled_at for t in tasks],
+        )
+        return [_record(row) for row in rows]
+
+    async def get(self, task_id: UUID) -> TaskRecord | None:
+        rows = await self._fetch("get", task_id)
+        return _record(rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None,
+        status: TaskStatus | None,
+        kind: str | None,
+        before: UUID | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        rows = await self._fetch(
+            "list", queue, None if status is None else status.value, kind, before, limit
+        )
+        return [_record(row) for row in rows]
+
+    async def cancel(self, task_id: UUID) -> CancelResult:
+        cancelled, current = await self._bridge.call(
+            _aio_cancel, self._pool, self._acquire_timeout, task_id
+        )
+        if cancelled is not None:
+            return CancelResult(cancelled=_record(cancelled), current=None)
+        return CancelResult(cancelled=None, current=None if current is None else _record(current))
+
+    async def claim(
+        self,
+        queue: str,
+        worker_id: UUID,
+        *,
+        kinds: Sequence[str],
+        limit: int,
+        lease: float,
+        now: datetime | None = None,
+    ) -> list[TaskRecord]:
+        rows = await self._fetch("claim", queue, worker_id, list(kinds), limit, lease, now)
+        return [_record(row) for row in rows]
+
+    async def heartbeat(
+        self,
+        worker_id: UUID,
+        task_ids: Sequence[UUID],
+        *,
+        lease: float,
+        now: datetime | None = None,
+    ) -> set[UUID]:
+        if not task_ids:
+            return set()
+        rows = await self._fetch("heartbeat", worker_id, list(task_ids), lease, now)
+        return {row["id"] for row in rows}
+
+    async def finish(
+        self, worker_id: UUID, outcomes: Sequence[Outcome], *, now: datetime | None = None
+    ) -> list[FinishResult]:
+        if not outcomes:
+            return []
+        rows = await self._fetch(
+            "finish",
+            worker_id,
+            [o.task_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [_OUTCOME_STATUS[o.kind].value for o in outcomes],
+            [o.error for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.kind is OutcomeKind.RELEASED for o in outcomes],
+            now,
+        )
+        return [
+            FinishResult(row["id"], TaskStatus(row["status"]), row["scheduled_at"]) for row in rows
+        ]
+
+    async def release_worker(self, worker_id: UUID) -> list[UUID]:
+        rows = await self._fetch("release_worker", worker_id)
+        return [row["id"] for row in rows]
+
+    async def recover_expired(
+        self, *, limit: int, now: datetime | None = None
+    ) -> list[RecoveredTask]:
+        rows = await self._fetch("recover_expired", now, limit)
+        return [
+            RecoveredTask(
+                task_id=row["id"],
+                queue=row["queue"],
+                kind=row["kind"],
+                status=TaskStatus(row["status"]),
+                attempts=row["attempts"],
+                max_attempts=row["max_attempts"],
+                previous_worker=row["previous_worker"],
+            )
+            for row in rows
+        ]
+
+    async def queue_statistics(self) -> list[QueueStatistics]:
+        rows = await self._fetch("queue_statistics")
+        return [
+            QueueStatistics(
+                queue=row["queue"],
+                pending=row["pending"],
+                scheduled=row["scheduled"],
+                running=row["running"],
+                completed=row["completed"],
+                failed=row["failed"],
+                cancelled=row["cancelled"],
+                active_workers=row["active_workers"],
+                oldest_pending_age=row["oldest_pending_age"],
+            )
+            for row in rows
+        ]
+
+    async def count_due(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
+        rows = await self._fetch("count_due", list(queues), list(kinds))
+        return int(rows[0][0])
+
+    async def make_due(self, queues: Sequence[str]) -> int:
+        rows = await self._fetch("make_due", list(queues))
+        return int(rows[0]["moved"])
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[_PgListener]:
+        """Open a dedicated LISTEN connection (never pooled: a pool reset would UNLISTEN)."""
+        send, receive = trio.open_memory_channel[str](_NOTIFY_BUFFER)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+            # Runs on the trio thread (trio-asyncio runs asyncio callbacks there).
+            with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                send.send_nowait(str(payload))
+
+        def on_terminate(_conn: Any) -> None:
+            send.close()
+
+        conn = await self._bridge.call(
+            _aio_listen, self._dsn, self._settings.connect_timeout, on_notify, on_terminate
+        )
+        try:
+            async with receive:
+                yield _PgListener(receive, self._bridge, conn, self._settings.connect_timeout)
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                try:
+                    await self._bridge.call(_aio_close_conn, conn)
+                except Exception:
+                    conn.terminate()
+            if scope.cancelled_caught:
+                conn.terminate()
+
+    async def aclose(self) -> None:
+        """Close the pool; waits for in-use connections up to a few seconds, then drops them."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+            try:
+                await self._bridge.call(_aio_close_pool, self._pool)
+            except Exception:
+                self._pool.terminate()
+        if scope.cancelled_caught:
+            self._pool.terminate()
+
+
+async def _aio_migrate(dsn: str, connect_timeout: float) -> MigrationReport:
+    return await apply_migrations(
+        dsn, connect_timeout=connect_timeout, migrations=load_migrations()
+    )
+
+
+@asynccontextmanager
+async def open_postgres_store(settings: DatabaseSettings) -> AsyncIterator[PostgresStore]:
+    """Connect a pool (on a private asyncio loop) for the lifetime of the block.
+
+    Raises:
+        ConfigError: ``settings.url`` is not set.
+        StoreUnavailable: the database cannot be reached.
+    """
+    if settings.url is None:
+        raise ConfigError("database.url is not set (or set DATABASE_URL)")
+    dsn = settings.url.get_secret_value()
+    async with open_bridge() as bridge:
+        pool = await bridge.call(_aio_create_pool, settings, dsn)
+        store = PostgresStore(bridge, pool, settings, dsn)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+async def migrate(settings: DatabaseSettings) -> MigrationReport:
+    """Apply pending migrations to the database of ``settings`` and return what was done."""
+    if settings.url is None:
+        raise ConfigError("database.url is not set (or set DATABASE_URL)")
+    async with open_bridge() as bridge:
+        return await bridge.call(
+            _aio_migrate, settings.url.get_secret_value(), settings.connect_timeout
+        )
+
+
+__all__ = ["CHANNEL", "PostgresStore", "migrate", "open_postgres_store"]

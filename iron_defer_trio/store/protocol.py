@@ -1,0 +1,200 @@
+"""The contract between the engine and whatever keeps the tasks.
+
+The engine only ever sees this protocol; :mod:`iron_defer_trio.store._postgres` implements it
+on PostgreSQL. Methods are trio-flavoured, take and return domain values, and raise only the
+:class:`~iron_defer_trio.errors.StoreError` family (``StoreUnavailable`` when the database
+cannot be reached). Cancelling a call cancels the statement.
+
+Methods that change a task's status take an explicit ``now`` (None: the database clock), so
+tests can move time without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from contextlib import AbstractAsyncContextManager
+    from datetime import datetime
+    from uuid import UUID
+
+    import trio
+
+    from iron_defer_trio.domain import NewTask, QueueStatistics, TaskRecord, TaskStatus
+
+__all__ = [
+    "CancelResult",
+    "FinishResult",
+    "Listener",
+    "Outcome",
+    "OutcomeKind",
+    "RecoveredTask",
+    "TaskStore",
+]
+
+
+class OutcomeKind(StrEnum):
+    """How an attempt ended, as the store records it."""
+
+    #: The handler returned: the task is completed.
+    COMPLETED = "completed"
+    #: The attempt failed and attempts remain: pending again after ``delay``.
+    RETRY = "retry"
+    #: The attempt failed for good: the task is failed.
+    FAILED = "failed"
+    #: The engine gave the task back without it failing (shutdown): pending again at once and
+    #: the interrupted attempt does not count.
+    RELEASED = "released"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt, to be written under fencing (same worker, same attempt)."""
+
+    task_id: UUID
+    #: The attempt number the worker ran; the write is refused if the row moved on.
+    attempt: int
+    kind: OutcomeKind
+    #: Stored as last_error for RETRY and FAILED.
+    error: str | None = None
+    #: Seconds until the retry is due (RETRY only).
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    """An outcome the store applied (outcomes it refused are simply absent)."""
+
+    task_id: UUID
+    status: TaskStatus
+    scheduled_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel request found: exactly one field is set, or neither (no such task)."""
+
+    #: The task, now cancelled.
+    cancelled: TaskRecord | None
+    #: The task as it is after the refused change (it was not pending).
+    current: TaskRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredTask:
+    """A task whose lease had expired and which the sweeper moved on."""
+
+    task_id: UUID
+    queue: str
+    kind: str
+    #: pending (will run again) or failed (it was on its last attempt).
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    #: The worker that held the expired lease.
+    previous_worker: UUID
+
+
+class Listener(Protocol):
+    """A live LISTEN session: queue names arrive on :attr:`notifications`."""
+
+    #: Queue names from NOTIFY payloads. The channel closes when the connection is lost.
+    notifications: trio.MemoryReceiveChannel[str]
+
+    async def ping(self) -> None:
+        """Round-trip on the LISTEN connection; raises StoreUnavailable if it is dead."""
+        ...
+
+
+class TaskStore(Protocol):
+    """Persistence of tasks. See the module docstring for the shared rules."""
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskRecord]:
+        """Insert tasks in one statement and wake the workers of their queues on commit."""
+        ...
+
+    async def get(self, task_id: UUID) -> TaskRecord | None:
+        """Read one task."""
+        ...
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None,
+        status: TaskStatus | None,
+        kind: str | None,
+        before: UUID | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        """Tasks newest first (by id), optionally filtered, strictly older than ``before``."""
+        ...
+
+    async def cancel(self, task_id: UUID) -> CancelResult:
+        """Cancel a pending task, or read it as it is when it cannot be cancelled."""
+        ...
+
+    async def claim(
+        self,
+        queue: str,
+        worker_id: UUID,
+        *,
+        kinds: Sequence[str],
+        limit: int,
+        lease: float,
+        now: datetime | None = None,
+    ) -> list[TaskRecord]:
+        """Lease up to ``limit`` due pending tasks of ``queue`` whose kind is in ``kinds``.
+
+        Order: priority descending, then scheduled_at, then id. Concurrent claimers never get
+        the same task (``FOR UPDATE SKIP LOCKED``). Each claimed task's attempts grows by one.
+        """
+        ...
+
+    async def heartbeat(
+        self,
+        worker_id: UUID,
+        task_ids: Sequence[UUID],
+        *,
+        lease: float,
+        now: datetime | None = None,
+    ) -> set[UUID]:
+        """Extend the leases of tasks still running under ``worker_id``; return those ids."""
+        ...
+
+    async def finish(
+        self, worker_id: UUID, outcomes: Sequence[Outcome], *, now: datetime | None = None
+    ) -> list[FinishResult]:
+        """Apply attempt outcomes in one statement, each only while the task is still running
+        under ``worker_id`` at the same attempt (fencing). Returns the applied ones."""
+        ...
+
+    async def release_worker(self, worker_id: UUID) -> list[UUID]:
+        """Hand back every task still running under ``worker_id`` (pending at once; the
+        interrupted attempt does not count). Used as the last step of a shutdown."""
+        ...
+
+    async def recover_expired(
+        self, *, limit: int, now: datetime | None = None
+    ) -> list[RecoveredTask]:
+        """Move running tasks whose lease expired back to pending, or to failed when they were
+        on their last attempt. Safe to run from many engines at once."""
+        ...
+
+    async def queue_statistics(self) -> list[QueueStatistics]:
+        """Counts per queue."""
+        ...
+
+    async def count_due(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
+        """How many pending tasks of these queues and kinds are due now."""
+        ...
+
+    async def make_due(self, queues: Sequence[str]) -> int:
+        """Move every future-scheduled pending task of these queues to now (test helper)."""
+        ...
+
+    def listen(self) -> AbstractAsyncContextManager[Listener]:
+        """Open a dedicated LISTEN session for new-work notifications."""
+        ...

@@ -1,0 +1,88 @@
+"""Test-side database access: create and drop databases, and read rows to assert on.
+
+Tests assert on real rows, so they need their own connection; like the package, they reach
+asyncpg through a private trio-asyncio loop.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import trio
+import trio_asyncio
+
+#: The shared server every developer and CI machine runs (trust auth).
+ADMIN_DSN = os.environ.get(
+    "IRON_DEFER_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def dsn_for(database: str, admin_dsn: str = ADMIN_DSN) -> str:
+    """The admin DSN pointed at another database."""
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{database}"
+
+
+class Db:
+    """A connection to one test database, usable from trio code."""
+
+    def __init__(self, conn: Any, loop: Any, dsn: str) -> None:
+        self._conn = conn
+        self._loop = loop
+        self.dsn = dsn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        rows: list[Any] = await trio_asyncio.aio_as_trio(self._conn.fetch, loop=self._loop)(
+            sql, *args
+        )
+        return rows
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(self._conn.fetchrow, loop=self._loop)(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(self._conn.fetchval, loop=self._loop)(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        status: str = await trio_asyncio.aio_as_trio(self._conn.execute, loop=self._loop)(
+            sql, *args
+        )
+        return status
+
+    async def statuses(self) -> dict[str, int]:
+        """Count of tasks per status."""
+        rows = await self.fetch("SELECT status, count(*) AS n FROM iron_defer.tasks GROUP BY 1")
+        return {row["status"]: row["n"] for row in rows}
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[Db]:
+    """Open a test connection for the block."""
+    async with trio_asyncio.open_loop() as loop:
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(dsn)
+        try:
+            yield Db(conn, loop, dsn)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
+
+
+def run_admin(*statements: str, dsn: str = ADMIN_DSN) -> None:
+    """Run statements outside any trio run (session fixtures)."""
+
+    async def go() -> None:
+        async with connect(dsn) as db:
+            for statement in statements:
+                await db.execute(statement)
+
+    trio.run(go)
+
+
+def unique_name(prefix: str) -> str:
+    """A database name no other test (or test run) uses."""
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:10]}"

@@ -93,7 +93,10 @@ async def open_engine(
                 # itself rather than inside the nurseries' exception groups.
                 body_error = exc
     except BaseExceptionGroup as group:
-        raise _collapse(group, body_error) from None
+        error = _collapse(group, body_error)
+        if error is group:
+            raise
+        raise error from error.__cause__
     if body_error is not None:
         raise body_error
 
@@ -111,7 +114,10 @@ async def migrate(dsn_or_settings: str | Settings) -> MigrationReport:
     try:
         return await migrate_store(settings.database)
     except BaseExceptionGroup as group:
-        raise _collapse(group, None) from None
+        error = _collapse(group, None)
+        if error is group:
+            raise
+        raise error from error.__cause__
 
 
 def _settings(dsn_or_settings: str | Settings) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -54,8 +54,8 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-#: A duration in seconds, accepting unit strings.
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
+#: A duration in seconds, accepting unit strings; infinity and NaN are refused.
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -81,9 +81,10 @@ class DatabaseSettings(_Section):
         if value is not None:
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in {"postgres", "postgresql"}:
+                # The value itself is not echoed: it may be a key=value DSN with a password.
                 raise ValueError(
-                    "must be a postgresql:// URL "
-                    f"(got scheme {scheme!r}): {mask_dsn(value.get_secret_value())}"
+                    f"must be a postgresql:// URL (got scheme {scheme!r}); "
+                    "e.g. postgresql://user:password@host:5432/database"
                 )
         return value
 
@@ -111,17 +112,20 @@ class WorkerSettings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
+        problems = []
         if self.heartbeat_interval * 2 > self.lease_duration:
-            raise ValueError(
+            problems.append(
                 f"heartbeat_interval ({self.heartbeat_interval:g} s) must be at most half of "
                 f"lease_duration ({self.lease_duration:g} s), or a single late heartbeat "
                 "lets a live task's lease expire"
             )
         if self.base_delay > self.max_delay:
-            raise ValueError(
+            problems.append(
                 f"base_delay ({self.base_delay:g} s) must not exceed max_delay "
                 f"({self.max_delay:g} s)"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -153,8 +157,7 @@ class Settings(_Section):
     @classmethod
     def build(cls, data: dict[str, Any] | None = None, /, **overrides: Any) -> Settings:
         """Validate settings, raising :class:`ConfigError` that names every bad key."""
-        merged = dict(data or {})
-        merged.update(overrides)
+        merged = _deep_merge(dict(data or {}), overrides)
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
@@ -165,6 +168,19 @@ class Settings(_Section):
         if self.database.url is None:
             raise ConfigError("database.url is not set (or set DATABASE_URL)")
         return self.database.url.get_secret_value()
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` on top of ``base``, section by section (a later layer changing one key
+    of a section keeps the section's other keys)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = _deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -179,17 +195,15 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
+#: scheme://user:password@ - the password runs to the last '@', so one containing '/', '?'
+#: or '#' unencoded is still masked whole (over-masking is the safe direction).
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):.*@")
+_PARAM_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('[^']*'|[^&\s]*)")
+
+
 def mask_dsn(dsn: str) -> str:
-    """Return ``dsn`` with its password (and any password query parameter) replaced by ***."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable database url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """Return ``dsn`` with its password replaced by ``***``: in the user-info part of a URL,
+    and in any ``password=`` parameter (URL query or libpq key=value form). Everything else
+    is left exactly as given."""
+    masked = _URL_PASSWORD.sub(r"\1:***@", dsn, count=1)
+    return _PARAM_PASSWORD.sub(r"\1***", masked)

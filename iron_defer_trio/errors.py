@@ -9,6 +9,9 @@ This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "EngineClosed",
@@ -28,6 +31,20 @@ __all__ = [
 
 class IronDeferError(Exception):
     """Base class of every error iron-defer-trio raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take their own constructor arguments, so rebuild from args and attributes
+        # instead (errors cross process boundaries in multiprocessing and test runners).
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[IronDeferError], args: tuple[Any, ...], state: dict[str, Any]
+) -> IronDeferError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(IronDeferError):
@@ -139,7 +156,7 @@ class RetryAfter(IronDeferError):
     """
 
     def __init__(self, seconds: float, message: str | None = None) -> None:
-        if not seconds >= 0:
-            raise ValueError(f"RetryAfter needs a delay >= 0 seconds, got {seconds!r}")
+        if isinstance(seconds, bool) or not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"RetryAfter needs a finite delay >= 0 seconds, got {seconds!r}")
         super().__init__(message or f"retry requested after {seconds:g} s")
         self.seconds = float(seconds)

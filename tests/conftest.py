@@ -7,8 +7,11 @@ PostgreSQL is required: when it cannot be reached the tests error out, they neve
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ import trio
 
 import iron_defer_trio as iron_defer
 from iron_defer_trio.config import Settings
+from iron_defer_trio.store._cluster import PrivateCluster
 from tests import pg
 
 #: Engine settings for tests: short leases and intervals so recovery happens in seconds.
@@ -102,3 +106,22 @@ def open_test_engine(database_url: str) -> EngineFactory:
             yield engine
 
     return factory
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A PostgreSQL cluster of this test's own, for tests that stop or crash the server (the
+    shared server on 5432 is never touched). Commits are durable (synchronous_commit on), so
+    a crash loses nothing that was acknowledged."""
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="idt-cluster-"))
+    root.chmod(0o755)  # the server account must reach the data directory when we are root
+    cluster = PrivateCluster(
+        data_dir=root / "data", fast_unsafe=True, extra_settings={"synchronous_commit": "on"}
+    )
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

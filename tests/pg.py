@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import trio
 import trio_asyncio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 #: The shared server every developer and CI machine runs (trust auth).
 ADMIN_DSN = os.environ.get(

@@ -92,12 +92,15 @@ def validate_payload_size(encoded: bytes | str) -> None:
 def truncate_error(message: str, limit: int = MAX_ERROR_BYTES) -> str:
     """Cut ``message`` to at most ``limit`` UTF-8 bytes without splitting a character.
 
-    NUL characters are replaced because PostgreSQL text cannot hold them.
+    NUL characters and lone surrogates (e.g. from undecodable file names) are escaped, because
+    PostgreSQL text cannot hold them.
     """
     message = message.replace("\x00", "\\x00")
-    encoded = message.encode()
+    encoded = message.encode("utf-8", "backslashreplace")
     if len(encoded) <= limit:
-        return message
-    marker = " ...[truncated]"
-    head = encoded[: limit - len(marker)].decode(errors="ignore")
-    return head + marker
+        return encoded.decode("utf-8")
+    marker = b" ...[truncated]"
+    if limit <= len(marker):
+        return encoded[: max(limit, 0)].decode("utf-8", errors="ignore")
+    head = encoded[: limit - len(marker)].decode("utf-8", errors="ignore")
+    return head + marker.decode()

@@ -107,6 +107,6 @@ class Completer:
             del self._pending[: len(batch)]
             applied = {result.task_id: result for result in results}
             for outcome in batch:
-                self._inflight.remove(outcome.task_id)
+                self._inflight.remove(outcome.task_id, outcome.attempt)
                 self._on_written(outcome, applied.get(outcome.task_id))
         self._idle.set()

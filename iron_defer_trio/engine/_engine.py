@@ -191,6 +191,8 @@ class Engine:
         Claiming stops; running tasks get ``worker.shutdown_timeout`` seconds to finish. The
         ``open_engine`` block's exit waits for the shutdown to complete.
         """
+        if self._state is EngineState.RUNNING:
+            self._state = EngineState.DRAINING
         self._stop_requested.set()
 
     async def wait_stopped(self) -> None:

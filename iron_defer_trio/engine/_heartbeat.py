@@ -42,30 +42,30 @@ class Heartbeat:
         self._interval = interval
         self._lease = lease
 
-    async def run_once(self) -> set[UUID]:
-        """Renew every lease once; return the ids whose lease was found lost."""
-        ids = self._inflight.ids()
+    async def run_once(self) -> set[tuple[UUID, int]]:
+        """Renew every lease once; return the (task id, attempt) pairs found lost."""
+        ids = self._inflight.task_ids()
         if not ids:
             return set()
         held = await self._store.heartbeat(self._worker_id, ids, lease=self._lease)
-        lost: set[UUID] = set()
-        for task_id in ids:
-            if task_id in held:
+        lost: set[tuple[UUID, int]] = set()
+        for running in self._inflight.entries():
+            record = running.record
+            # Only attempts leased before this beat and still executing can have lost their
+            # lease; one whose outcome was handed to the completer is finished.
+            if running.finished or record.id not in ids:
                 continue
-            running = self._inflight.get(task_id)
-            # A task whose outcome was written meanwhile is gone from the registry or marked
-            # finished; only a handler still executing has truly lost its lease.
-            if running is None or running.finished:
+            if held.get(record.id) == record.attempts:
                 continue
-            lost.add(task_id)
+            lost.add((record.id, record.attempts))
             running.lease_lost = True
             running.scope.cancel()
             self._log.warning(
                 "task_lease_lost",
-                task_id=str(task_id),
-                queue=running.record.queue,
-                kind=running.record.kind,
-                attempt=running.record.attempts,
+                task_id=str(record.id),
+                queue=record.queue,
+                kind=record.kind,
+                attempt=record.attempts,
             )
         return lost
 

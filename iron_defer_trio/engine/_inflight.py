@@ -29,24 +29,29 @@ class Running:
 
 class InFlight:
     """Registry shared by the queue workers (add), the completer (remove) and the heartbeat
-    (renew every id; cancel the ones whose lease was lost)."""
+    (renew every lease; cancel the attempts whose lease was lost).
+
+    Entries are keyed by (task id, attempt): after losing a lease, this same engine may claim
+    the task's next attempt while the stale one is still being cancelled.
+    """
 
     def __init__(self) -> None:
-        self._tasks: dict[UUID, Running] = {}
+        self._tasks: dict[tuple[UUID, int], Running] = {}
 
     def add(self, record: TaskRecord) -> Running:
         running = Running(record, started_at=trio.current_time())
-        self._tasks[record.id] = running
+        self._tasks[record.id, record.attempts] = running
         return running
 
-    def remove(self, task_id: UUID) -> None:
-        self._tasks.pop(task_id, None)
+    def remove(self, task_id: UUID, attempt: int) -> None:
+        self._tasks.pop((task_id, attempt), None)
 
-    def get(self, task_id: UUID) -> Running | None:
-        return self._tasks.get(task_id)
+    def task_ids(self) -> list[UUID]:
+        """Ids of every leased task (once each)."""
+        return list({task_id for task_id, _ in self._tasks})
 
-    def ids(self) -> list[UUID]:
-        return list(self._tasks)
+    def entries(self) -> list[Running]:
+        return list(self._tasks.values())
 
     def __len__(self) -> int:
         return len(self._tasks)

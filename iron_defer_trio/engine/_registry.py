@@ -25,8 +25,10 @@ class TaskRegistry:
         if not (isinstance(cls, type) and issubclass(cls, Task)) or cls is Task:
             raise ConfigError(f"{cls!r} is not a subclass of iron_defer_trio.Task")
         kind = getattr(cls, "KIND", None)
-        if not isinstance(kind, str):
+        if kind is None:
             raise ConfigError(f'{cls.__qualname__} has no KIND: add `KIND: ClassVar[str] = "..."`')
+        if not isinstance(kind, str):
+            raise ConfigError(f"{cls.__qualname__}.KIND must be a str, got {kind!r}")
         try:
             validate_kind(kind)
         except InvalidTaskError as exc:
@@ -51,9 +53,16 @@ class TaskRegistry:
     def kind_of(self, task: Task) -> str:
         """The kind of a task instance, checking its exact class is the registered one."""
         kind = getattr(type(task), "KIND", None)
-        if not isinstance(kind, str) or self._by_kind.get(kind) is not type(task):
-            raise UnknownTaskKind(str(kind))
-        return kind
+        registered = self._by_kind.get(kind) if isinstance(kind, str) else None
+        if isinstance(kind, str) and registered is type(task):
+            return kind
+        error = UnknownTaskKind(str(kind))
+        if registered is not None:
+            error.args = (
+                f"{type(task).__qualname__} is not registered; its kind {kind!r} belongs to "
+                f"{registered.__qualname__} (register the exact class you enqueue)",
+            )
+        raise error
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ notification, a freed slot after a full claim, or the poll interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from traceback import format_exception
 from typing import TYPE_CHECKING
 
 import trio
@@ -193,8 +194,10 @@ class QueueWorker:
             self._backoff.reset()
             self._claiming = False
             for record in records:
-                self._limiter.acquire_on_behalf_of_nowait(record.id)
                 running = self._inflight.add(record)
+                # One token per attempt: the same task can be re-claimed here while a stale
+                # attempt of it is still being cancelled.
+                self._limiter.acquire_on_behalf_of_nowait(running)
                 self._claimed += 1
                 tasks.start_soon(self._run_task, running, name=f"task {record.kind} {record.id}")
             if len(records) >= limit:
@@ -222,10 +225,10 @@ class QueueWorker:
             log.warning("task_released", reason="shutdown")
             raise
         finally:
-            self._limiter.release_on_behalf_of(record.id)
+            self._limiter.release_on_behalf_of(running)
             self._slot_freed.set()
         if outcome is None:
-            self._inflight.remove(record.id)
+            self._inflight.remove(record.id, record.attempts)
             self._counts[OutcomeKind.RELEASED] += 1
             return
         self._finish(running, outcome)
@@ -238,9 +241,15 @@ class QueueWorker:
                 duration_ms=duration_ms,
                 error=outcome.error,
                 retry_in_seconds=round(outcome.delay, 3),
+                traceback=getattr(outcome, "traceback", None),
             )
         else:
-            log.error("task_failed_terminal", duration_ms=duration_ms, error=outcome.error)
+            log.error(
+                "task_failed_terminal",
+                duration_ms=duration_ms,
+                error=outcome.error,
+                traceback=getattr(outcome, "traceback", None),
+            )
 
     def _finish(self, running: Running, outcome: Outcome) -> None:
         running.finished = True
@@ -275,8 +284,9 @@ class QueueWorker:
         except RetryAfter as exc:
             return self._failure(record, str(exc), cls.RETRY, delay=exc.seconds)
         except Exception as exc:
-            log.exception("task_exception")
-            return self._failure(record, f"{type(exc).__name__}: {exc}", cls.RETRY)
+            return self._failure(
+                record, f"{type(exc).__name__}: {exc}", cls.RETRY, traceback=_traceback(exc)
+            )
         if running.scope.cancelled_caught and running.lease_lost:
             return None  # another worker owns the task now; writing would be refused anyway
         return Outcome(record.id, record.attempts, OutcomeKind.COMPLETED)
@@ -289,13 +299,27 @@ class QueueWorker:
         *,
         retry: bool = True,
         delay: float | None = None,
-    ) -> Outcome:
+        traceback: str | None = None,
+    ) -> _Failure:
         error = truncate_error(error)
         if not retry or record.attempts >= record.max_attempts:
-            return Outcome(record.id, record.attempts, OutcomeKind.FAILED, error)
+            return _Failure(record.id, record.attempts, OutcomeKind.FAILED, error, 0.0, traceback)
         if delay is None:
             delay = (policy or self._default_retry).delay(record.attempts, self._rng.random())
-        return Outcome(record.id, record.attempts, OutcomeKind.RETRY, error, delay)
+        return _Failure(record.id, record.attempts, OutcomeKind.RETRY, error, delay, traceback)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure(Outcome):
+    """A failed attempt's outcome, with the traceback to log (never stored)."""
+
+    traceback: str | None = None
+
+
+def _traceback(exc: BaseException) -> str:
+    # Formatted by us rather than passed as exc_info: renderers such as rich show local
+    # variables, which would put task payloads into the logs.
+    return "".join(format_exception(exc)).rstrip()
 
 
 def _validation_summary(exc: ValidationError) -> str:

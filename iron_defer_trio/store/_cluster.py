@@ -418,15 +418,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _text_literal(value: str) -> str:
-    # Hex digits need no escaping whatever standard_conforming_strings says.
-    return f"convert_from(decode('{value.encode().hex()}', 'hex'), 'UTF8')"
-
-
 @dataclass
 class PrivateCluster:
     """A PostgreSQL cluster of our own: one data directory, one port, listening on 127.0.0.1.
@@ -703,34 +694,25 @@ class PrivateCluster:
             )
         if not self.is_running():
             raise ClusterError(f"the cluster in {self.data_dir} is not running; call start()")
-        psql = [
-            str(self._binary("psql")),
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            self.dsn,
-            "-c",
+        # createdb quotes the name itself, which keeps SQL text out of this module.
+        assert self.port is not None
+        createdb = [
+            str(self._binary("createdb")),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "--maintenance-db=postgres",
+            name,
         ]
-        account = self._server_account()
-        if exist_ok:
-            found = _run(
-                [*psql, f"SELECT 1 FROM pg_database WHERE datname = {_text_literal(name)}"],
-                timeout=_QUICK_TIMEOUT,
-                account=account,
-                as_account=False,
-            )
-            if found.stdout.strip() == "1":
+        try:
+            _run(createdb, timeout=_QUICK_TIMEOUT, account=self._server_account(), as_account=False)
+        except ClusterError as exc:
+            if exist_ok and "already exists" in str(exc):
                 return self._dsn(name)
-        _run(
-            [*psql, f"CREATE DATABASE {_quote_identifier(name)}"],
-            timeout=_QUICK_TIMEOUT,
-            account=account,
-            as_account=False,
-        )
+            raise
         return self._dsn(name)
 
     def __enter__(self) -> Self:

@@ -36,6 +36,8 @@ def translate(exc: BaseException) -> StoreError | None:
         if is_unavailable_sqlstate(sqlstate):
             return StoreUnavailable(f"database unavailable ({message})", sqlstate=sqlstate)
         return StoreError(message, sqlstate=sqlstate)
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return StoreError(f"invalid database configuration: {exc}")
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
         # asyncpg raises these for a connection closed under it ("connection is closed",
         # "cannot perform operation: another operation is in progress" after a reset).

@@ -263,11 +263,11 @@ class PostgresStore:
         *,
         lease: float,
         now: datetime | None = None,
-    ) -> set[UUID]:
+    ) -> dict[UUID, int]:
         if not task_ids:
-            return set()
+            return {}
         rows = await self._fetch("heartbeat", worker_id, list(task_ids), lease, now)
-        return {row["id"] for row in rows}
+        return {row["id"]: row["attempts"] for row in rows}
 
     async def finish(
         self, worker_id: UUID, outcomes: Sequence[Outcome], *, now: datetime | None = None

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$")
+#: Anything that looks like a header but is not a valid one (a typo would otherwise glue the
+#: next query onto the previous one's text).
+_LOOSE_NAME = re.compile(r"^--\s*name\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ def parse(text: str, source: str) -> dict[str, Query]:
         match = _NAME.match(line)
         if match:
             blocks.append((match.group(1), []))
+        elif _LOOSE_NAME.match(line):
+            raise ValueError(f"{source}: malformed query header {line!r} (use '-- name: x_y')")
         elif blocks:
             blocks[-1][1].append(line)
         elif line.strip() and not line.startswith("--"):

@@ -160,8 +160,9 @@ class TaskStore(Protocol):
         *,
         lease: float,
         now: datetime | None = None,
-    ) -> set[UUID]:
-        """Extend the leases of tasks still running under ``worker_id``; return those ids."""
+    ) -> dict[UUID, int]:
+        """Extend the leases of tasks still running under ``worker_id``; return their ids
+        with the attempt each is at (a stale local attempt shows as a mismatch)."""
         ...
 
     async def finish(

@@ -71,12 +71,13 @@ WHERE t.id = picked.id
 RETURNING t.*;
 
 -- name: heartbeat
--- Extend the leases of the listed tasks still running under this worker.
+-- Extend the leases of the listed tasks still running under this worker; report the
+-- attempt each is at, so a stale local attempt can tell it lost its lease.
 -- params: $1 worker id, $2 task ids uuid[], $3 lease seconds, $4 now (NULL: database clock)
 UPDATE iron_defer.tasks
 SET claimed_until = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
 WHERE id = ANY($2::uuid[]) AND status = 'running' AND claimed_by = $1
-RETURNING id;
+RETURNING id, attempts;
 
 -- name: finish
 -- Apply attempt outcomes, each fenced on (running, this worker, same attempt); wake queues

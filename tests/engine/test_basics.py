@@ -6,13 +6,15 @@ events), never on a sleep.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
 import iron_defer_trio as iron_defer
-from tests.conftest import EngineFactory
-from tests.pg import Db
+
+if TYPE_CHECKING:
+    from tests.conftest import EngineFactory
+    from tests.pg import Db
 
 ran: list[str] = []
 

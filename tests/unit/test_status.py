@@ -1,0 +1,76 @@
+"""Pins the task status set, which statuses are final, and the transition table the store's
+guarded UPDATEs implement."""
+
+from __future__ import annotations
+
+import pytest
+
+from iron_defer_trio.domain.status import TRANSITIONS, TaskStatus, can_transition
+
+FINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+
+
+def test_statuses_are_the_five_lowercase_database_values() -> None:
+    """The enum values are exactly the strings stored in the status column."""
+    assert {status.value for status in TaskStatus} == {
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    }
+    assert TaskStatus("running") is TaskStatus.RUNNING
+    assert isinstance(TaskStatus.PENDING, str)
+    assert str(TaskStatus.PENDING) == "pending"
+
+
+def test_transition_table_covers_every_status() -> None:
+    """Every status has an entry in TRANSITIONS, and every target is a status."""
+    assert set(TRANSITIONS) == set(TaskStatus)
+    for targets in TRANSITIONS.values():
+        assert targets <= set(TaskStatus)
+
+
+@pytest.mark.parametrize("status", sorted(FINAL))
+def test_final_statuses_have_no_outgoing_transitions(status: TaskStatus) -> None:
+    """Nothing moves a completed, failed or cancelled task on."""
+    assert TRANSITIONS[status] == frozenset()
+    assert not any(can_transition(status, new) for new in TaskStatus)
+
+
+@pytest.mark.parametrize("status", list(TaskStatus))
+def test_is_final_holds_exactly_for_completed_failed_and_cancelled(status: TaskStatus) -> None:
+    """is_final is true for the three terminal statuses and false for pending and running."""
+    assert status.is_final is (status in FINAL)
+
+
+def test_non_final_statuses_can_all_move_somewhere() -> None:
+    """Pending and running tasks always have a way out (no dead ends besides final ones)."""
+    for status in TaskStatus:
+        if not status.is_final:
+            assert TRANSITIONS[status], status
+
+
+def test_engine_transitions_are_exactly_the_documented_ones() -> None:
+    """Claim/cancel from pending; complete/retry/fail from running; nothing else."""
+    allowed = {(old, new) for old in TaskStatus for new in TaskStatus if can_transition(old, new)}
+    assert allowed == {
+        (TaskStatus.PENDING, TaskStatus.RUNNING),
+        (TaskStatus.PENDING, TaskStatus.CANCELLED),
+        (TaskStatus.RUNNING, TaskStatus.COMPLETED),
+        (TaskStatus.RUNNING, TaskStatus.PENDING),
+        (TaskStatus.RUNNING, TaskStatus.FAILED),
+    }
+
+
+def test_running_task_cannot_be_cancelled_and_pending_cannot_complete() -> None:
+    """Cancel applies only before a task runs; completion only to a running task."""
+    assert not can_transition(TaskStatus.RUNNING, TaskStatus.CANCELLED)
+    assert not can_transition(TaskStatus.PENDING, TaskStatus.COMPLETED)
+    assert not can_transition(TaskStatus.PENDING, TaskStatus.FAILED)
+
+
+def test_no_status_transitions_to_itself() -> None:
+    """A transition always changes the status."""
+    for status in TaskStatus:
+        assert not can_transition(status, status)

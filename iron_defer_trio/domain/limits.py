@@ -80,12 +80,22 @@ def validate_scheduled_at(scheduled_at: datetime | None) -> datetime | None:
     return scheduled_at
 
 
-def validate_payload_size(encoded: bytes | str) -> None:
-    """Raise if a JSON-encoded payload exceeds :data:`MAX_PAYLOAD_BYTES`."""
-    size = len(encoded.encode() if isinstance(encoded, str) else encoded)
+#: A JSON \u0000 escape (an odd number of backslashes before "u0000"): jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def validate_payload_json(encoded: str) -> None:
+    """Raise if a JSON-encoded payload is over :data:`MAX_PAYLOAD_BYTES` or holds a NUL
+    character (PostgreSQL's jsonb cannot store ``\u0000``)."""
+    size = len(encoded.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise InvalidTaskError(
             f"payload is {size} bytes encoded as JSON; the limit is {MAX_PAYLOAD_BYTES} bytes"
+        )
+    if _JSON_NUL.search(encoded):
+        raise InvalidTaskError(
+            "payload contains a NUL character (\\u0000), which PostgreSQL cannot store; "
+            "encode binary data (e.g. base64) or strip NULs"
         )
 
 

@@ -91,16 +91,10 @@ class Completer:
                 await trio.sleep(self._backoff.next_delay())
                 continue
             except StoreError as exc:
-                # Not an outage: writing this batch again would fail the same way. Drop it;
-                # the leases expire and the sweeper hands these tasks out again.
+                # Not an outage: writing this batch again would fail the same way. Write its
+                # outcomes one by one so one bad outcome cannot take the others down with it.
                 self._health.failed("completer", exc)
-                self._log.error(
-                    "outcomes_dropped",
-                    count=len(batch),
-                    error=str(exc),
-                    task_ids=[str(o.task_id) for o in batch],
-                )
-                results = []
+                results = await self._write_one_by_one(batch)
             else:
                 self._health.succeeded()
                 self._backoff.reset()
@@ -110,3 +104,19 @@ class Completer:
                 self._inflight.remove(outcome.task_id, outcome.attempt)
                 self._on_written(outcome, applied.get(outcome.task_id))
         self._idle.set()
+
+    async def _write_one_by_one(self, batch: list[Outcome]) -> list[FinishResult]:
+        results: list[FinishResult] = []
+        for outcome in batch:
+            try:
+                results.extend(await self._store.finish(self._worker_id, [outcome]))
+            except StoreError as exc:
+                # Dropped: the lease expires and the sweeper hands the task out again.
+                self._log.error(
+                    "outcome_dropped",
+                    task_id=str(outcome.task_id),
+                    attempt=outcome.attempt,
+                    outcome=outcome.kind.value,
+                    error=str(exc),
+                )
+        return results

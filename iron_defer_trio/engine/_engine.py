@@ -34,7 +34,7 @@ import trio
 from iron_defer_trio.domain import NewTask, QueueStatistics, Task, TaskRecord, TaskStatus
 from iron_defer_trio.domain.limits import (
     validate_max_attempts,
-    validate_payload_size,
+    validate_payload_json,
     validate_priority,
     validate_queue_name,
     validate_scheduled_at,
@@ -356,7 +356,7 @@ class Engine:
         kind = self.registry.kind_of(task)
         cls = type(task)
         payload_json = task.model_dump_json()
-        validate_payload_size(payload_json)
+        validate_payload_json(payload_json)
         return NewTask(
             queue=validate_queue_name(queue or cls.QUEUE or "default"),
             kind=kind,

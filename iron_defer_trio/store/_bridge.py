@@ -15,9 +15,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
+import trio
 import trio_asyncio
 
+from iron_defer_trio.observability import default_logger
 from iron_defer_trio.store._errors import map_db_errors
+
+_log = default_logger()
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,7 +57,42 @@ async def open_bridge() -> AsyncIterator[Bridge]:
     """Open a private asyncio loop for the lifetime of the block.
 
     Every asyncio object (pool, connection) created through the bridge must be closed before
-    the block ends.
+    the block ends. An exception from the block (or from opening the loop) comes out as
+    itself, not wrapped in the exception groups of the loop's nursery.
     """
-    async with trio_asyncio.open_loop() as loop:
-        yield Bridge(loop)
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            # trio-asyncio's default handler re-raises whatever asyncio reports through
+            # call_exception_handler into the loop's nursery, which tears the whole store
+            # down. asyncpg reports such errors from its pool's background reconnects while a
+            # server restarts ("Future exception was never retrieved"); they concern no caller,
+            # so they are logged instead.
+            loop.set_exception_handler(_log_background_error)
+            yield Bridge(loop)
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+def _log_background_error(_loop: Any, context: dict[str, Any]) -> None:
+    exception = context.get("exception")
+    _log.warning(
+        "asyncio_background_error",
+        message=str(context.get("message", "")),
+        error=None if exception is None else f"{type(exception).__name__}: {exception}",
+    )
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one non-cancellation exception inside nested groups, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

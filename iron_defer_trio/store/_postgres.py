@@ -254,7 +254,10 @@ class PostgresStore:
         now: datetime | None = None,
     ) -> list[TaskRecord]:
         rows = await self._fetch("claim", queue, worker_id, list(kinds), limit, lease, now)
-        return [_record(row) for row in rows]
+        records = [_record(row) for row in rows]
+        # UPDATE ... RETURNING has no order; start the most urgent first.
+        records.sort(key=lambda r: (-r.priority, r.scheduled_at, r.id))
+        return records
 
     async def heartbeat(
         self,

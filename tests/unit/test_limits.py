@@ -3,6 +3,7 @@ and how long error messages are cut to fit ``last_error``."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -20,7 +21,7 @@ from iron_defer_trio.domain.limits import (
     truncate_error,
     validate_kind,
     validate_max_attempts,
-    validate_payload_size,
+    validate_payload_json,
     validate_priority,
     validate_queue_name,
     validate_scheduled_at,
@@ -200,28 +201,41 @@ def test_non_datetime_scheduled_at_is_rejected(when: Any) -> None:
 # --- payload size ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("as_text", [True, False])
-def test_payload_of_exactly_one_mebibyte_is_accepted(as_text: bool) -> None:
-    """1 MiB of encoded JSON is allowed, as str or bytes."""
+def test_payload_of_exactly_one_mebibyte_is_accepted() -> None:
+    """1 MiB of encoded JSON is allowed."""
     assert MAX_PAYLOAD_BYTES == 1024 * 1024
-    payload = "x" * MAX_PAYLOAD_BYTES
-    validate_payload_size(payload if as_text else payload.encode())
+    validate_payload_json("x" * MAX_PAYLOAD_BYTES)
 
 
-@pytest.mark.parametrize("as_text", [True, False])
-def test_payload_one_byte_over_a_mebibyte_is_rejected_with_its_size(as_text: bool) -> None:
+def test_payload_one_byte_over_a_mebibyte_is_rejected_with_its_size() -> None:
     """1 MiB + 1 byte raises InvalidTaskError stating the size and the limit."""
-    payload = "x" * (MAX_PAYLOAD_BYTES + 1)
     with pytest.raises(InvalidTaskError, match=r"payload is 1048577 bytes .* limit is 1048576"):
-        validate_payload_size(payload if as_text else payload.encode())
+        validate_payload_json("x" * (MAX_PAYLOAD_BYTES + 1))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\x00", "a\x00b", "\\\x00", {"nested": ["\x00"]}],
+    ids=["nul", "inner", "after-backslash", "nested"],
+)
+def test_payload_with_a_nul_character_is_rejected(value: object) -> None:
+    """jsonb cannot store U+0000, so a payload holding one is refused before the database."""
+    with pytest.raises(InvalidTaskError, match="NUL"):
+        validate_payload_json(json.dumps({"v": value}))
+
+
+@pytest.mark.parametrize("text", ["\\u0000", "u0000", "\\\\u0000", "\u0001"])
+def test_payload_with_escaped_backslashes_before_u0000_is_accepted(text: str) -> None:
+    """A literal backslash followed by "u0000" is text, not a NUL escape."""
+    validate_payload_json(json.dumps({"v": text}))
 
 
 def test_payload_size_counts_utf8_bytes_of_text() -> None:
     """A str payload is measured in UTF-8 bytes: 2-byte characters count twice."""
     half = MAX_PAYLOAD_BYTES // 2
-    validate_payload_size("é" * half)
+    validate_payload_json("é" * half)
     with pytest.raises(InvalidTaskError, match="1048578 bytes"):
-        validate_payload_size("é" * (half + 1))
+        validate_payload_json("é" * (half + 1))
 
 
 # --- truncate_error ----------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""Settings: one pydantic model with a section per concern.
+"""Settings: one pydantic model with a section per concern, and the layers it is read from.
 
 Durations are seconds as floats; they also accept strings with a unit ("500ms", "5s", "1m",
 "2h", "1d"). Unknown keys are rejected with their full path, so a misspelt setting fails at
 startup instead of being silently ignored.
+
+:func:`load_settings` merges, lowest to highest: defaults < ``config.toml`` <
+``config.{IRON_DEFER_PROFILE}.toml`` < environment (``IRON_DEFER__SECTION__KEY``, plus
+``DATABASE_URL`` and ``PORT``) < command-line flags. Every rejected value is reported with its
+key's full path and the layer it came from.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Any
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,11 +34,18 @@ from pydantic import (
 from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN
 from iron_defer_trio.errors import ConfigError
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = [
     "DatabaseSettings",
+    "LoadedSettings",
     "Seconds",
+    "ServerSettings",
     "Settings",
+    "TasksSettings",
     "WorkerSettings",
+    "load_settings",
     "mask_dsn",
     "parse_duration",
 ]
@@ -74,6 +90,10 @@ class DatabaseSettings(_Section):
     connect_timeout: Seconds = Field(default=5.0, gt=0)
     #: Upper bound of any single statement the engine runs, in seconds.
     command_timeout: Seconds = Field(default=30.0, gt=0)
+    #: Where ``serve`` keeps its private PostgreSQL when ``url`` is unset. Default: the user's
+    #: data directory (``$XDG_DATA_HOME/iron-defer-trio/postgres``), or
+    #: ``/var/lib/iron-defer-trio/postgres`` when running as root.
+    embedded_dir: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -129,8 +149,69 @@ class WorkerSettings(_Section):
         return self
 
 
+class ServerSettings(_Section):
+    """The HTTP server of ``iron-defer-trio serve``."""
+
+    #: Interface to bind. Loopback by default: expose the API on purpose, not by accident.
+    host: str = "127.0.0.1"
+    #: TCP port (0 picks a free one, useful in tests).
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: When set, every endpoint except the health probes requires
+    #: ``Authorization: Bearer <token>``. Never logged or printed.
+    api_token: SecretStr | None = None
+    #: Largest accepted request body, in bytes; larger ones are answered 413.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: How long the readiness probe waits for the database before answering 503.
+    ready_timeout: Seconds = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it unset to disable authentication)")
+        return value
+
+
+def _split_modules(value: Any) -> Any:
+    # From the environment or a flag, a list arrives as "pkg.tasks, other.tasks".
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class TasksSettings(_Section):
+    """Where ``serve`` and the CLI find the Task classes to register."""
+
+    #: Python modules to import; every Task subclass they define (or list in a module-level
+    #: ``IRON_DEFER_TASKS``) is registered.
+    modules: Annotated[list[str], BeforeValidator(_split_modules)] = Field(default_factory=list)
+
+    @field_validator("modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
+                raise ValueError(f"{name!r} is not a Python module path (e.g. myapp.tasks)")
+        return value
+
+
 def _default_queues() -> dict[str, int]:
     return {"default": 4}
+
+
+def _parse_queues(value: Any) -> Any:
+    # From the environment or flags: "emails=10,reports=2".
+    if isinstance(value, str):
+        queues: dict[str, Any] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, sep, concurrency = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item.strip()!r} is not NAME=CONCURRENCY")
+            queues[name.strip()] = concurrency.strip()
+        return queues
+    return value
 
 
 class Settings(_Section):
@@ -138,10 +219,12 @@ class Settings(_Section):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    tasks: TasksSettings = Field(default_factory=TasksSettings)
     #: Queues this engine works on, with the most tasks each runs at once.
-    queues: dict[str, Annotated[int, Field(ge=1, le=10_000)]] = Field(
-        default_factory=_default_queues
-    )
+    queues: Annotated[
+        dict[str, Annotated[int, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)
+    ] = Field(default_factory=_default_queues)
 
     @field_validator("queues")
     @classmethod
@@ -207,3 +290,200 @@ def mask_dsn(dsn: str) -> str:
     is left exactly as given."""
     masked = _URL_PASSWORD.sub(r"\1:***@", dsn, count=1)
     return _PARAM_PASSWORD.sub(r"\1***", masked)
+
+
+# --- layers -------------------------------------------------------------------------------
+
+#: Environment variables of settings start with this, then SECTION__KEY.
+ENV_PREFIX = "IRON_DEFER__"
+#: Chooses the profile file ``config.{profile}.toml``.
+PROFILE_ENV = "IRON_DEFER_PROFILE"
+#: Path of the base config file, when not given with --config.
+CONFIG_ENV = "IRON_DEFER_CONFIG"
+#: Conventional shortcuts that many platforms set.
+_ALIASES = {"DATABASE_URL": ("database", "url"), "PORT": ("server", "port")}
+#: Settings whose value is replaced whole by a higher layer rather than merged key by key: a
+#: queue list given on the command line is the complete list, not an addition to the default.
+_ATOMIC = {("queues",), ("tasks", "modules")}
+
+
+@dataclass
+class Layer:
+    """One source of settings: its label, its values, and where each value came from."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    #: Full key path -> precise origin, e.g. ``env IRON_DEFER__WORKER__POLL_INTERVAL``.
+    origins: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def set(self, path: tuple[str, ...], value: Any, origin: str) -> None:
+        """Set ``path`` (a tuple of keys) to ``value``."""
+        node = self.data
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path)}: {origin} conflicts with a value above it")
+            node = child
+        node[path[-1]] = value
+        self.origins[path] = origin
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Validated settings and the layers they were merged from (for ``config show``)."""
+
+    settings: Settings
+    layers: tuple[Layer, ...]
+
+    def origin(self, path: tuple[str, ...]) -> str:
+        """The layer that decided the value at ``path`` ("default" when none set it)."""
+        for layer in reversed(self.layers):
+            for known, origin in layer.origins.items():
+                if path[: len(known)] == known:
+                    return origin
+        return "default"
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+    override_names: Mapping[tuple[str, ...], str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> LoadedSettings:
+    """Read settings from every layer and validate them together.
+
+    Args:
+        config_file: the base TOML file; default ``$IRON_DEFER_CONFIG``, else ``config.toml``
+            in ``cwd`` when it exists (an explicitly named file must exist).
+        profile: selects ``config.{profile}.toml`` beside the base file; default
+            ``$IRON_DEFER_PROFILE``. A named profile's file must exist.
+        environ: the environment (default ``os.environ``).
+        overrides: command-line values by key path, highest precedence.
+        override_names: the flag each override came from, for error messages (default
+            ``--<last key>``).
+        cwd: where to look for ``config.toml`` (default the current directory).
+
+    Raises:
+        ConfigError: listing every problem, each with its key path and origin.
+    """
+    env = os.environ if environ is None else environ
+    base_dir = Path(cwd) if cwd is not None else Path.cwd()
+    layers: list[Layer] = []
+    problems: list[str] = []
+
+    explicit = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+    base_path = Path(explicit) if explicit else base_dir / "config.toml"
+    if explicit and not base_path.is_file():
+        problems.append(f"config file {base_path} does not exist")
+    elif base_path.is_file():
+        layers.append(_toml_layer(base_path, problems))
+
+    profile = profile if profile is not None else env.get(PROFILE_ENV) or None
+    if profile:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
+            problems.append(f"profile {profile!r}: use letters, digits, '_', '.' or '-'")
+        else:
+            profile_path = base_path.with_name(f"config.{profile}.toml")
+            if profile_path.is_file():
+                layers.append(_toml_layer(profile_path, problems))
+            else:
+                problems.append(
+                    f"profile {profile!r} is selected but {profile_path} does not exist"
+                )
+
+    layers.append(_env_layer(env, problems))
+    cli = Layer("command line")
+    names = override_names or {}
+    for path, value in (overrides or {}).items():
+        cli.set(path, value, names.get(path, f"--{path[-1].replace('_', '-')}"))
+    layers.append(cli)
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer.data, ())
+    loaded_layers = tuple(layers)
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, loaded_layers))
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return LoadedSettings(settings, loaded_layers)
+
+
+def _toml_layer(path: Path, problems: list[str]) -> Layer:
+    layer = Layer(path.name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot be read ({exc})")
+        return layer
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML ({exc})")
+        return layer
+    layer.data = data
+    _record_origins(layer, data, (), str(path))
+    return layer
+
+
+def _record_origins(layer: Layer, node: dict[str, Any], path: tuple[str, ...], origin: str) -> None:
+    for key, value in node.items():
+        here = (*path, key)
+        if isinstance(value, dict) and here not in _ATOMIC:
+            _record_origins(layer, value, here, origin)
+        else:
+            layer.origins[here] = origin
+
+
+def _env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
+    layer = Layer("environment")
+    for name in sorted(env):
+        value = env[name]
+        if name in _ALIASES:
+            layer.set(_ALIASES[name], value, f"env {name}")
+        elif name.startswith(ENV_PREFIX):
+            parts = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            if not all(parts) or len(parts) > 3:
+                problems.append(
+                    f"env {name}: expected {ENV_PREFIX}SECTION__KEY (e.g. "
+                    f"{ENV_PREFIX}WORKER__POLL_INTERVAL)"
+                )
+                continue
+            try:
+                layer.set(parts, value, f"env {name}")
+            except ConfigError as exc:
+                problems.append(str(exc))
+    return layer
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        here = (*path, key)
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict) and here not in _ATOMIC:
+            merged[key] = _merge(current, value, here)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError, layers: tuple[Layer, ...]) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = tuple(str(part) for part in error["loc"])
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        origin = None
+        for layer in reversed(layers):
+            for known, where in layer.origins.items():
+                if path[: len(known)] == known or known[: len(path)] == path:
+                    origin = where
+                    break
+            if origin:
+                break
+        dotted = ".".join(path) or "(settings)"
+        lines.append(f"{dotted}: {message}" + (f" (from {origin})" if origin else ""))
+    return lines

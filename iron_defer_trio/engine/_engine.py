@@ -21,6 +21,7 @@ shielded, so nothing stays ``running`` under a dead engine id after a clean exit
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ import trio
 
 from iron_defer_trio.domain import NewTask, QueueStatistics, Task, TaskRecord, TaskStatus
 from iron_defer_trio.domain.limits import (
+    validate_kind,
     validate_max_attempts,
     validate_payload_json,
     validate_priority,
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import AsyncIterator, Mapping, Sequence
     from datetime import datetime
+
+    from pydantic import JsonValue
 
     from iron_defer_trio.config import Settings
     from iron_defer_trio.engine._registry import TaskRegistry
@@ -512,6 +516,74 @@ class Engine:
                 scheduled_at=record.scheduled_at.isoformat(),
             )
         return records
+
+    async def enqueue_payload(
+        self,
+        queue: str | None,
+        kind: str,
+        payload: JsonValue,
+        *,
+        priority: int | None = None,
+        scheduled_at: datetime | None = None,
+        max_attempts: int | None = None,
+        validate: bool = True,
+    ) -> TaskRecord:
+        """Enqueue by kind and JSON payload, for callers without the Task class at hand (the
+        REST API, the CLI).
+
+        With ``validate`` (the default) the payload must fit the registered class of ``kind``
+        and is stored as that class serialises it, exactly as :meth:`enqueue` would. With
+        ``validate=False`` it is stored as given, for kinds registered only with other
+        engines; engines that do not know the kind never claim it.
+
+        Raises:
+            UnknownTaskKind: ``validate`` and no class is registered for ``kind``.
+            pydantic.ValidationError: the payload does not fit the class (field errors).
+            InvalidTaskError, StoreUnavailable: as for :meth:`enqueue`.
+        """
+        if validate:
+            cls = self.registry.get(kind)
+            task = cls.model_validate(payload)
+            return await self.enqueue(
+                queue or cls.QUEUE or "default",
+                task,
+                priority=priority,
+                scheduled_at=scheduled_at,
+                max_attempts=max_attempts,
+            )
+        payload_json = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        validate_payload_json(payload_json)
+        new = NewTask(
+            queue=validate_queue_name(queue or "default"),
+            kind=validate_kind(kind),
+            payload_json=payload_json,
+            priority=validate_priority(0 if priority is None else priority),
+            max_attempts=validate_max_attempts(
+                self.settings.worker.max_attempts if max_attempts is None else max_attempts
+            ),
+            scheduled_at=validate_scheduled_at(scheduled_at),
+        )
+        self._check_open()
+        (record,) = await self._store.enqueue([new])
+        self._log.info(
+            "task_enqueued",
+            task_id=str(record.id),
+            queue=record.queue,
+            kind=record.kind,
+            priority=record.priority,
+            scheduled_at=record.scheduled_at.isoformat(),
+            validated=False,
+        )
+        return record
+
+    async def ping(self) -> None:
+        """One round trip to the database (for readiness probes).
+
+        Raises:
+            StoreUnavailable: the database did not answer.
+        """
+        self._check_open()
+        await self._store.ping()
 
     async def get(self, task_id: UUID | str) -> TaskRecord:
         """Read one task.

@@ -313,6 +313,9 @@ class PostgresStore:
             for row in rows
         ]
 
+    async def ping(self) -> None:
+        await self._fetch("ping")
+
     async def queue_statistics(self) -> list[QueueStatistics]:
         rows = await self._fetch("queue_statistics")
         return [

@@ -184,6 +184,10 @@ class TaskStore(Protocol):
         on their last attempt. Safe to run from many engines at once."""
         ...
 
+    async def ping(self) -> None:
+        """One round trip through the pool (readiness probes)."""
+        ...
+
     async def queue_statistics(self) -> list[QueueStatistics]:
         """Counts per queue."""
         ...

@@ -1,0 +1,139 @@
+"""The wire contract of the REST API (and of the CLI's ``--json`` output): camelCase JSON.
+
+These models are separate from the domain's on purpose: the domain can change without
+breaking clients, and this module is where a breaking change would show.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic.alias_generators import to_camel
+
+from iron_defer_trio.domain import QueueStatistics, TaskRecord, TaskStatus
+from iron_defer_trio.domain.limits import MAX_ATTEMPTS_LIMIT, MAX_PRIORITY, MIN_PRIORITY
+
+#: Largest page of GET /tasks.
+MAX_PAGE = 500
+#: Page size when none is asked for.
+DEFAULT_PAGE = 50
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object clients see."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class TaskOut(WireModel):
+    """A task as the API returns it."""
+
+    id: UUID
+    queue: str
+    kind: str
+    payload: JsonValue
+    status: TaskStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    scheduled_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    claimed_by: UUID | None
+    claimed_until: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> TaskOut:
+        """Convert a domain record."""
+        return cls.model_validate(record.model_dump())
+
+
+class TaskPage(WireModel):
+    """One page of GET /tasks, newest first."""
+
+    items: list[TaskOut]
+    #: Pass as ``cursor`` to get the next (older) page; null on the last page.
+    next_cursor: str | None
+
+
+class CreateTask(WireModel):
+    """Body of POST /tasks."""
+
+    kind: str = Field(min_length=1, max_length=255)
+    #: The task's fields; validated against the Task class registered for ``kind``.
+    payload: JsonValue
+    #: Default: the class's QUEUE, else "default".
+    queue: str | None = None
+    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    #: RFC 3339 with a timezone; default now.
+    scheduled_at: AwareDatetime | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+
+
+class QueueOut(WireModel):
+    """Counts for one queue."""
+
+    queue: str
+    pending: int
+    scheduled: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    active_workers: int
+    #: Seconds the oldest due pending task has been waiting; null when none waits.
+    oldest_pending_age_seconds: float | None
+
+    @classmethod
+    def from_statistics(cls, stats: QueueStatistics) -> QueueOut:
+        """Convert the domain's statistics."""
+        data = stats.model_dump()
+        data["oldest_pending_age_seconds"] = data.pop("oldest_pending_age")
+        return cls.model_validate(data)
+
+
+class QueueList(WireModel):
+    """GET /queues."""
+
+    queues: list[QueueOut]
+
+
+class Health(WireModel):
+    """GET /health and GET /health/ready."""
+
+    status: Literal["ok", "unavailable"]
+    #: Why the server is not ready (readiness only).
+    reason: str | None = None
+
+
+class FieldProblem(WireModel):
+    """One invalid field of a request."""
+
+    #: Dotted path in the request body, e.g. ``payload.to``.
+    field: str
+    message: str
+
+
+class Problem(WireModel):
+    """An error, as ``application/problem+json`` (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    #: Stable machine-readable code, e.g. ``TASK_NOT_FOUND``.
+    code: str
+    detail: str
+    #: Field errors, for ``VALIDATION_FAILED``.
+    errors: list[FieldProblem] | None = None

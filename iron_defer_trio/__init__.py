@@ -19,6 +19,7 @@ import contextlib
 
 from iron_defer_trio._api import migrate as migrate
 from iron_defer_trio._api import open_engine as open_engine
+from iron_defer_trio._version import __version__ as __version__
 from iron_defer_trio.config import DatabaseSettings as DatabaseSettings
 from iron_defer_trio.config import Settings as Settings
 from iron_defer_trio.config import WorkerSettings as WorkerSettings
@@ -45,8 +46,6 @@ from iron_defer_trio.errors import StoreUnavailable as StoreUnavailable
 from iron_defer_trio.errors import TaskError as TaskError
 from iron_defer_trio.errors import TaskNotFound as TaskNotFound
 from iron_defer_trio.errors import UnknownTaskKind as UnknownTaskKind
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

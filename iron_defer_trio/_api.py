@@ -13,12 +13,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
+from pydantic import SecretStr
 
 from iron_defer_trio.config import Settings
 from iron_defer_trio.engine import Engine, TaskRegistry, run_engine
 from iron_defer_trio.errors import ConfigError, EngineCrashed, IronDeferError
 from iron_defer_trio.observability.logs import Logger, default_logger
-from iron_defer_trio.store import MigrationReport, open_postgres_store
+from iron_defer_trio.store import MigrationReport, open_postgres_store, running_embedded_dsn
 from iron_defer_trio.store import migrate as migrate_store
 
 if TYPE_CHECKING:
@@ -118,6 +119,19 @@ async def migrate(dsn_or_settings: str | Settings) -> MigrationReport:
         if error is group:
             raise
         raise error from error.__cause__
+
+
+def with_running_embedded_database(settings: Settings) -> Settings:
+    """``settings``, pointed at the zero-setup database of a running ``serve`` when no
+    database URL is configured and such a server runs; unchanged otherwise. Never starts a
+    database (only ``serve`` does)."""
+    if settings.database.url is not None:
+        return settings
+    dsn = running_embedded_dsn(settings.database.embedded_dir)
+    if dsn is None:
+        return settings
+    database = settings.database.model_copy(update={"url": SecretStr(dsn)})
+    return settings.model_copy(update={"database": database})
 
 
 def _settings(dsn_or_settings: str | Settings) -> Settings:

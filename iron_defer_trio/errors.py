@@ -160,3 +160,26 @@ class RetryAfter(IronDeferError):
             raise ValueError(f"RetryAfter needs a finite delay >= 0 seconds, got {seconds!r}")
         super().__init__(message or f"retry requested after {seconds:g} s")
         self.seconds = float(seconds)
+
+
+def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) exception groups that is not a
+    cancellation, or None when there are several or none.
+
+    Nurseries wrap whatever passes through them in groups; each edge of the package uses this
+    to let a single real error out as itself.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not _is_cancellation(exc):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    # trio.Cancelled, detected by name: this module imports nothing (not even trio).
+    return type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")

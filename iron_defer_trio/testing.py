@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from iron_defer_trio.domain import Task, TaskRecord, TaskStatus
-
 if TYPE_CHECKING:
+    from iron_defer_trio.domain import Task, TaskRecord, TaskStatus
     from iron_defer_trio.engine import Engine
 
 __all__ = ["assert_enqueued", "enqueued", "run_until_idle"]
@@ -47,10 +46,10 @@ async def enqueued(
     task_type: type[Task] | None = None,
     *,
     queue: str | None = None,
-    status: TaskStatus | None = TaskStatus.PENDING,
+    status: TaskStatus | None = None,
 ) -> list[TaskRecord]:
-    """Tasks in the database, oldest first, filtered by class, queue and status (pending by
-    default; pass ``status=None`` for all)."""
+    """Tasks in the database, oldest first, filtered by class, queue and status (any status
+    by default: a running engine may already have run what was enqueued)."""
     kind = None if task_type is None else task_type.KIND
     found: list[TaskRecord] = []
     before = None
@@ -67,10 +66,10 @@ async def assert_enqueued(
     task: Task,
     *,
     queue: str | None = None,
-    status: TaskStatus | None = TaskStatus.PENDING,
+    status: TaskStatus | None = None,
 ) -> TaskRecord:
-    """Assert that a task equal to ``task`` (same class, same fields) was enqueued, and return
-    its record (the oldest, if several match).
+    """Assert that a task equal to ``task`` (same class, same fields) was enqueued, in any
+    status unless ``status`` narrows it, and return its record (the oldest, if several).
 
     Raises:
         AssertionError: listing what was enqueued instead.

@@ -88,3 +88,13 @@ def run_admin(*statements: str, dsn: str = ADMIN_DSN) -> None:
 def unique_name(prefix: str) -> str:
     """A database name no other test (or test run) uses."""
     return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def fetch_sync(dsn: str, sql: str, *args: Any) -> list[Any]:
+    """Run a query from synchronous test code (outside any trio run)."""
+
+    async def go() -> list[Any]:
+        async with connect(dsn) as db:
+            return await db.fetch(sql, *args)
+
+    return trio.run(go)

@@ -7,7 +7,7 @@ breaking clients, and this module is where a breaking change would show.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
@@ -15,6 +15,9 @@ from pydantic.alias_generators import to_camel
 
 from iron_defer_trio.domain import QueueStatistics, TaskRecord, TaskStatus
 from iron_defer_trio.domain.limits import MAX_ATTEMPTS_LIMIT, MAX_PRIORITY, MIN_PRIORITY
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Largest page of GET /tasks.
 MAX_PAGE = 500
@@ -66,6 +69,17 @@ class TaskPage(WireModel):
     items: list[TaskOut]
     #: Pass as ``cursor`` to get the next (older) page; null on the last page.
     next_cursor: str | None
+
+    @classmethod
+    def from_records(cls, records: Sequence[TaskRecord], limit: int) -> TaskPage:
+        """A page from up to ``limit + 1`` records: the extra one only tells that another
+        page exists (no count query needed)."""
+        page = records[:limit]
+        more = len(records) > limit and bool(page)
+        return cls(
+            items=[TaskOut.from_record(r) for r in page],
+            next_cursor=str(page[-1].id) if more else None,
+        )
 
 
 class CreateTask(WireModel):
@@ -135,5 +149,9 @@ class Problem(WireModel):
     #: Stable machine-readable code, e.g. ``TASK_NOT_FOUND``.
     code: str
     detail: str
-    #: Field errors, for ``VALIDATION_FAILED``.
+    #: Field errors, for ``VALIDATION_FAILED`` and ``INVALID_QUERY``; absent otherwise.
     errors: list[FieldProblem] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The problem document, without the absent ``errors`` member."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,8 +1,14 @@
-"""The logger type the engine uses (structlog's bound logger), injected, never global."""
+"""Logging: the logger type the engine uses, and the JSON set-up of ``serve``.
+
+The library never configures logging by itself (an embedding application owns that); the
+server does, with :func:`configure_json_logging`.
+"""
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import logging
+import sys
+from typing import TextIO, TypeAlias
 
 import structlog
 
@@ -13,3 +19,43 @@ def default_logger() -> Logger:
     """The package logger; applications configure structlog as they like."""
     logger: Logger = structlog.get_logger("iron_defer_trio")
     return logger
+
+
+def configure_json_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """One JSON object per line on ``stream`` (stdout), for structlog and stdlib loggers
+    (hypercorn, asyncpg) alike. Tracebacks are rendered as structured data without local
+    variables, so payloads and secrets in locals never reach the log."""
+    out = stream or sys.stdout
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = structlog.processors.JSONRenderer()
+    exceptions = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), exceptions, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Third-party debug output (asyncpg, hypercorn) stays at INFO even when ours is DEBUG.
+    root.setLevel(max(numeric, logging.INFO))

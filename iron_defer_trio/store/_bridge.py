@@ -15,9 +15,9 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
-import trio
 import trio_asyncio
 
+from iron_defer_trio.errors import sole_exception
 from iron_defer_trio.observability import default_logger
 from iron_defer_trio.store._errors import map_db_errors
 
@@ -70,7 +70,7 @@ async def open_bridge() -> AsyncIterator[Bridge]:
             loop.set_exception_handler(_log_background_error)
             yield Bridge(loop)
     except BaseExceptionGroup as group:
-        leaf = _single_leaf(group)
+        leaf = sole_exception(group)
         if leaf is None:
             raise
         raise leaf from leaf.__cause__
@@ -83,16 +83,3 @@ def _log_background_error(_loop: Any, context: dict[str, Any]) -> None:
         message=str(context.get("message", "")),
         error=None if exception is None else f"{type(exception).__name__}: {exception}",
     )
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one non-cancellation exception inside nested groups, else None."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None

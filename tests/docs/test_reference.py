@@ -13,6 +13,7 @@ from iron_defer_trio import errors
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reference"
 _ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \|", re.MULTILINE)
+_CONFIG_ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]+) \|", re.MULTILINE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -42,16 +43,28 @@ def _parse_default(text: str) -> Any:
         return int(text)
     if text.startswith("{"):
         return {k: int(v) for k, v in re.findall(r'"([^"]+)": (\d+)', text)}
-    return None
+    if text == "[]":
+        return []
+    if text == "none":
+        return None
+    return text
 
 
-def test_settings_page_lists_every_setting_with_its_default() -> None:
-    """Every settings key is documented once, with the default the code uses."""
-    documented = _documented("settings.md")
+def test_config_page_lists_every_setting_with_its_default_and_env_name() -> None:
+    """Every settings key is documented once, with the code's default and the environment
+    variable the loader reads it from."""
+    rows = {
+        m.group(1): (m.group(2).strip(), m.group(3).strip())
+        for m in _CONFIG_ROW.finditer((DOCS / "config.md").read_text())
+    }
     actual = _leaf_settings()
-    assert sorted(documented) == sorted(actual)
+    assert sorted(rows) == sorted(actual)
     for key, value in actual.items():
-        assert _parse_default(documented[key]) == value, key
+        default, env = rows[key]
+        if isinstance(value, pydantic.SecretStr):
+            value = value.get_secret_value()
+        assert _parse_default(default) == value, key
+        assert f"`IRON_DEFER__{key.replace('.', '__').upper()}`" in env, key
 
 
 def test_errors_page_lists_every_error_with_its_parent() -> None:
@@ -65,3 +78,19 @@ def test_errors_page_lists_every_error_with_its_parent() -> None:
     assert sorted(documented) == sorted(public)
     for name, cls in public.items():
         assert documented[name].strip("`") == cls.__bases__[0].__name__, name
+
+
+def test_rest_page_lists_every_route_and_error_code() -> None:
+    """Each route of the route table and each error code of the code table is documented,
+    with the code's status."""
+    from iron_defer_trio.http._app import ROUTES
+    from iron_defer_trio.http._errors import CODES
+
+    page = (DOCS / "rest-api.md").read_text()
+    for route in ROUTES:
+        assert f"| `{route.method}` | `{route.path}` |" in page, route.path
+    codes = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^\| `([A-Z_]+)` \| (\d{3}) \|", page, re.MULTILINE)
+    }
+    assert codes == CODES

@@ -60,7 +60,7 @@ async def test_run_until_idle_runs_chains_retries_and_scheduled_tasks(
                 scheduled_at=datetime.now(UTC) + timedelta(days=1),
             )
             await testing.run_until_idle(engine)
-            leftovers = await testing.enqueued(engine)
+            leftovers = await testing.enqueued(engine, status=iron_defer.TaskStatus.PENDING)
     assert sorted(SendEmail.sent) == ["ada@example.com", "flaky@example.com", "later@example.com"]
     assert leftovers == []
 
@@ -77,7 +77,9 @@ async def test_run_until_idle_can_leave_future_tasks_alone(
                 scheduled_at=datetime.now(UTC) + timedelta(hours=1),
             )
             await testing.run_until_idle(engine, include_scheduled=False)
-            pending = await testing.enqueued(engine, SendEmail)
+            pending = await testing.enqueued(
+                engine, SendEmail, status=iron_defer.TaskStatus.PENDING
+            )
     assert SendEmail.sent == ["now@example.com"]
     assert [r.id for r in pending] == [later.id]
 

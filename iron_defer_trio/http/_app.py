@@ -1,0 +1,300 @@
+"""The quart-trio application: route registration, authentication, error rendering."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import traceback
+from typing import TYPE_CHECKING
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from iron_defer_trio._version import __version__
+from iron_defer_trio.errors import IronDeferError
+from iron_defer_trio.http import _handlers as h
+from iron_defer_trio.http._errors import ApiError, classify, problem_response
+from iron_defer_trio.http._openapi import build_openapi
+from iron_defer_trio.http._routes import QueryParam, Route
+from iron_defer_trio.http._schemas import (
+    MAX_PAGE,
+    CreateTask,
+    Health,
+    QueueList,
+    TaskOut,
+    TaskPage,
+)
+from iron_defer_trio.observability import default_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from iron_defer_trio.config import Settings
+    from iron_defer_trio.engine import Engine
+    from iron_defer_trio.observability import Logger
+
+_TASK_ERRORS = ("INVALID_TASK_ID", "TASK_NOT_FOUND", "DATABASE_UNAVAILABLE")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/tasks",
+        "createTask",
+        "Enqueue a task",
+        h.create_task,
+        {201: ("The task, stored and pending", TaskOut)},
+        errors=(
+            "MALFORMED_JSON",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "VALIDATION_FAILED",
+            "UNKNOWN_KIND",
+            "INVALID_TASK",
+            "DATABASE_UNAVAILABLE",
+        ),
+        request_body=CreateTask,
+        tags=("tasks",),
+    ),
+    Route(
+        "GET",
+        "/tasks",
+        "listTasks",
+        "List tasks, newest first",
+        h.list_tasks,
+        {200: ("One page of tasks", TaskPage)},
+        errors=("INVALID_QUERY", "DATABASE_UNAVAILABLE"),
+        query=(
+            QueryParam("queue", "Only this queue.", {"type": "string"}),
+            QueryParam(
+                "status",
+                "Only this status.",
+                {
+                    "type": "string",
+                    "enum": ["pending", "running", "completed", "failed", "cancelled"],
+                },
+            ),
+            QueryParam("kind", "Only this kind.", {"type": "string"}),
+            QueryParam(
+                "limit",
+                f"Page size, 1..{MAX_PAGE} (default 50).",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+            ),
+            QueryParam(
+                "cursor",
+                "The nextCursor of the previous page.",
+                {"type": "string", "format": "uuid"},
+            ),
+        ),
+        tags=("tasks",),
+    ),
+    Route(
+        "GET",
+        "/tasks/{id}",
+        "getTask",
+        "Read one task",
+        h.get_task,
+        {200: ("The task", TaskOut)},
+        errors=_TASK_ERRORS,
+        tags=("tasks",),
+    ),
+    Route(
+        "DELETE",
+        "/tasks/{id}",
+        "cancelTask",
+        "Cancel a pending task",
+        h.cancel_task,
+        {200: ("The task, now cancelled", TaskOut)},
+        errors=(*_TASK_ERRORS, "INVALID_TRANSITION"),
+        tags=("tasks",),
+    ),
+    Route(
+        "GET",
+        "/queues",
+        "listQueues",
+        "Counts per queue",
+        h.list_queues,
+        {200: ("Every queue that has tasks", QueueList)},
+        errors=("DATABASE_UNAVAILABLE",),
+        tags=("queues",),
+    ),
+    Route(
+        "GET",
+        "/health",
+        "health",
+        "Liveness: the process is up",
+        h.health,
+        {200: ("Alive", Health)},
+        authenticated=False,
+        tags=("operations",),
+    ),
+    Route(
+        "GET",
+        "/health/ready",
+        "ready",
+        "Readiness: not draining and the database answers",
+        h.ready,
+        {200: ("Ready", Health), 503: ("Not ready (draining or database down)", Health)},
+        authenticated=False,
+        tags=("operations",),
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (text exposition format 0.0.4)",
+        h.metrics,
+        {200: ("Metrics", None)},
+        media_type="text/plain",
+        tags=("operations",),
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        "openapi",
+        "This OpenAPI 3.1 document",
+        h.health,  # replaced in create_app: the document is built once
+        {200: ("The OpenAPI document", None)},
+        tags=("operations",),
+    ),
+)
+
+
+def create_app(
+    engine: Engine,
+    settings: Settings,
+    *,
+    draining: Callable[[], bool] | None = None,
+    metrics: Callable[[], tuple[bytes, str]] | None = None,
+    log: Logger | None = None,
+) -> QuartTrio:
+    """Build the REST API over ``engine``.
+
+    Args:
+        engine: the engine whose tasks and queues the API serves.
+        settings: ``server`` settings (token, body limit, readiness timeout) are read here.
+        draining: returns True once the server is shutting down (readiness then fails);
+            default: the engine is no longer running.
+        metrics: renders the Prometheus exposition; default: engine statistics only.
+        log: where request failures are logged.
+    """
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    # Problem documents are our own JSON; Quart must not re-sort or pretty-print anything.
+    app.config["JSON_SORT_KEYS"] = False
+    logger = log or default_logger()
+    app.extensions["iron_defer"] = h.ApiState(
+        engine=engine,
+        settings=settings,
+        draining=draining or (lambda: engine.state.value != "running"),
+        metrics=metrics or _engine_metrics(engine),
+    )
+    openapi = json.dumps(build_openapi(ROUTES, version=__version__))
+
+    async def openapi_document() -> Response:
+        return Response(openapi, status=200, content_type="application/json")
+
+    public = {route.path for route in ROUTES if not route.authenticated}
+    token = settings.server.api_token
+
+    for route in ROUTES:
+        handler = openapi_document if route.operation_id == "openapi" else route.handler
+        app.add_url_rule(
+            route.quart_rule,
+            endpoint=route.operation_id,
+            view_func=handler,
+            methods=[route.method],
+        )
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if token is None or request.path in public:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        expected = token.get_secret_value().encode()
+        # Constant-time compare: the answer must not leak how much of the token matched.
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
+            return None
+        return problem_response(
+            "UNAUTHORIZED",
+            "a valid 'Authorization: Bearer <token>' header is required",
+            headers={"WWW-Authenticate": 'Bearer realm="iron-defer-trio"'},
+        )
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return problem_response(exc.code, exc.detail, errors=exc.errors, headers=exc.headers)
+
+    @app.errorhandler(IronDeferError)
+    async def domain_error(exc: IronDeferError) -> Response:
+        status, code = classify(exc)
+        if status >= 500:
+            logger.error(
+                "request_failed",
+                path=request.path,
+                method=request.method,
+                code=code,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        return problem_response(code, str(exc))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return problem_response(
+                "PAYLOAD_TOO_LARGE",
+                f"the body exceeds {settings.server.max_body_bytes} bytes",
+            )
+        if isinstance(exc, MethodNotAllowed):
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            return problem_response(
+                "METHOD_NOT_ALLOWED",
+                f"{request.method} is not allowed here (allowed: {allowed})",
+                headers={"Allow": allowed},
+            )
+        if isinstance(exc, NotFound):
+            return problem_response("NOT_FOUND", f"no endpoint at {request.path}")
+        if exc.code is not None and exc.code < 500:
+            return problem_response("MALFORMED_JSON", exc.description or "bad request")
+        return await unexpected(exc)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        logger.error(
+            "request_failed",
+            path=request.path,
+            method=request.method,
+            code="INTERNAL_ERROR",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)).rstrip(),
+        )
+        return problem_response("INTERNAL_ERROR", "unexpected error")
+
+    return app
+
+
+def _engine_metrics(engine: Engine) -> Callable[[], tuple[bytes, str]]:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+    from prometheus_client.registry import Collector
+
+    class EngineCollector(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]  # prometheus_client's own signature
+            stats = engine.statistics()
+            running = GaugeMetricFamily(
+                "iron_defer_tasks_running_here", "Tasks this process runs now", labels=["queue"]
+            )
+            limit = GaugeMetricFamily(
+                "iron_defer_queue_concurrency", "Most tasks run at once", labels=["queue"]
+            )
+            for queue in stats.queues:
+                running.add_metric([queue.queue], queue.running)
+                limit.add_metric([queue.queue], queue.concurrency)
+            yield running
+            yield limit
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(EngineCollector())
+    return lambda: (generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4)

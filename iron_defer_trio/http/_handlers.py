@@ -1,0 +1,220 @@
+"""Request handlers. Each parses and validates its input, calls the engine, and answers with
+a wire model; errors are raised (ApiError, IronDeferError) and rendered in one place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import trio
+from pydantic import Field, ValidationError
+from quart import Response, current_app, request
+
+from iron_defer_trio.domain import TaskStatus
+from iron_defer_trio.errors import StoreError
+from iron_defer_trio.http._errors import ApiError
+from iron_defer_trio.http._schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    CreateTask,
+    FieldProblem,
+    Health,
+    QueueList,
+    QueueOut,
+    TaskOut,
+    TaskPage,
+    WireModel,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from iron_defer_trio.config import Settings
+    from iron_defer_trio.engine import Engine
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """What the handlers need, attached to the app."""
+
+    engine: Engine
+    settings: Settings
+    #: True once the server began shutting down (readiness answers 503).
+    draining: Callable[[], bool]
+    #: Prometheus text exposition of the metrics, and its content type.
+    metrics: Callable[[], tuple[bytes, str]]
+
+
+def state() -> ApiState:
+    """The state of the app handling the current request."""
+    found: ApiState = current_app.extensions["iron_defer"]
+    return found
+
+
+def json_response(
+    body: WireModel, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise a wire model."""
+    return Response(
+        json.dumps(body.to_json()),
+        status=status,
+        content_type="application/json",
+        headers=headers or {},
+    )
+
+
+def field_problems(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:
+    """pydantic errors as (dotted field, message) pairs."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"])
+        dotted = ".".join(part for part in (prefix, path) if part) or "(body)"
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(FieldProblem(field=dotted, message=message))
+    return problems
+
+
+async def _json_body() -> Any:
+    content_type = request.mimetype
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE", f"send the body as application/json, not {content_type}"
+        )
+    raw = await request.get_data(as_text=False)
+    if isinstance(raw, str):  # the overloads allow it; as_text=False never returns one
+        raw = raw.encode()
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError("MALFORMED_JSON", "the body is not valid UTF-8") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ApiError("MALFORMED_JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _task_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ApiError("INVALID_TASK_ID", f"{raw[:64]!r} is not a task id (a UUID)") from None
+
+
+class ListQuery(WireModel):
+    """Query string of GET /tasks."""
+
+    queue: str | None = None
+    status: TaskStatus | None = None
+    kind: str | None = None
+    limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    cursor: UUID | None = None
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+
+async def create_task() -> Response:
+    """POST /tasks."""
+    body = await _json_body()
+    try:
+        create = CreateTask.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(
+            "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
+        ) from None
+    try:
+        record = await state().engine.enqueue_payload(
+            create.queue,
+            create.kind,
+            create.payload,
+            priority=create.priority,
+            scheduled_at=create.scheduled_at,
+            max_attempts=create.max_attempts,
+        )
+    except ValidationError as exc:
+        raise ApiError(
+            "VALIDATION_FAILED",
+            f"the payload does not match task kind {create.kind!r}",
+            errors=field_problems(exc, prefix="payload"),
+        ) from None
+    return json_response(
+        TaskOut.from_record(record), status=201, headers={"Location": f"/tasks/{record.id}"}
+    )
+
+
+async def list_tasks() -> Response:
+    """GET /tasks."""
+    repeated = [key for key in request.args if len(request.args.getlist(key)) > 1]
+    if repeated:
+        raise ApiError("INVALID_QUERY", f"parameter {repeated[0]!r} is given more than once")
+    try:
+        query = ListQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            "INVALID_QUERY", "invalid query parameters", errors=field_problems(exc)
+        ) from None
+    # One extra row tells whether another page exists, without a count.
+    records = await state().engine.list(
+        queue=query.queue,
+        status=query.status,
+        kind=query.kind,
+        limit=query.limit + 1,
+        before=query.cursor,
+    )
+    return json_response(TaskPage.from_records(records, query.limit))
+
+
+async def get_task(id: str) -> Response:
+    """GET /tasks/{id}."""
+    record = await state().engine.get(_task_id(id))
+    return json_response(TaskOut.from_record(record))
+
+
+async def cancel_task(id: str) -> Response:
+    """DELETE /tasks/{id}."""
+    record = await state().engine.cancel(_task_id(id))
+    return json_response(TaskOut.from_record(record))
+
+
+# --- queues and operations ------------------------------------------------------------------
+
+
+async def list_queues() -> Response:
+    """GET /queues."""
+    stats = await state().engine.queue_stats()
+    return json_response(QueueList(queues=[QueueOut.from_statistics(s) for s in stats]))
+
+
+async def health() -> Response:
+    """GET /health: the process is up and serving."""
+    return json_response(Health(status="ok"))
+
+
+async def ready() -> Response:
+    """GET /health/ready: not draining, and the database answers in time."""
+    current = state()
+    if current.draining():
+        return json_response(Health(status="unavailable", reason="draining"), status=503)
+    try:
+        with trio.fail_after(current.settings.server.ready_timeout):
+            await current.engine.ping()
+    except trio.TooSlowError:
+        return json_response(
+            Health(status="unavailable", reason="the database did not answer in time"),
+            status=503,
+        )
+    except StoreError:
+        return json_response(
+            Health(status="unavailable", reason="the database is unavailable"), status=503
+        )
+    return json_response(Health(status="ok"))
+
+
+async def metrics() -> Response:
+    """GET /metrics: Prometheus text exposition."""
+    body, content_type = state().metrics()
+    return Response(body, status=200, content_type=content_type)

@@ -1,0 +1,236 @@
+"""The real ``iron-defer-trio serve`` process: every endpoint over HTTP (with each error
+status), authentication, and shutdown by SIGTERM / a second signal.
+
+Tests here are synchronous: they drive a subprocess and talk HTTP with urllib.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests import pg
+from tests.e2e.serving import Server, base_env, start_server, wait_for, write_tasks_module
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+TOKEN = "e2e-token-0123456789"
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return write_tasks_module(tmp_path)
+
+
+@pytest.fixture
+def server(database_url: str, app_dir: Path) -> Iterator[Server]:
+    running = start_server(
+        "--app",
+        "e2e_tasks",
+        "--queue",
+        "default=4",
+        "--queue",
+        "slow=2",
+        cwd=app_dir,
+        env=base_env(
+            DATABASE_URL=database_url,
+            IRON_DEFER__SERVER__API_TOKEN=TOKEN,
+            IRON_DEFER__SERVER__MAX_BODY_BYTES="4096",
+            IRON_DEFER__WORKER__SHUTDOWN_TIMEOUT="10s",
+        ),
+        token=TOKEN,
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_every_endpoint_and_error_status_over_http(server: Server, database_url: str) -> None:
+    """The served API answers each endpoint, and each documented error, over real HTTP."""
+    created = server.request("POST", "/tasks", {"kind": "echo", "payload": {"message": "hi"}})
+    assert created.status == 201
+    task = created.json()
+    assert created.headers["Location"] == f"/tasks/{task['id']}"
+    done = wait_for(
+        lambda: (
+            (r := server.request("GET", f"/tasks/{task['id']}")).json()["status"] == "completed"
+            and r
+        )
+    )
+    assert done.json()["attempts"] == 1
+
+    later = server.request(
+        "POST",
+        "/tasks",
+        {"kind": "echo", "payload": {"message": "later"}, "scheduledAt": "2099-01-01T00:00:00Z"},
+    ).json()
+    page = server.request("GET", "/tasks?limit=1")
+    assert page.status == 200
+    assert page.json()["items"][0]["id"] == later["id"]
+    assert page.json()["nextCursor"] == later["id"]
+    assert (
+        server.request("GET", f"/tasks?cursor={later['id']}").json()["items"][0]["id"] == task["id"]
+    )
+    queues = {q["queue"]: q for q in server.request("GET", "/queues").json()["queues"]}
+    assert queues["default"]["completed"] == 1
+    assert queues["default"]["scheduled"] == 1
+    cancelled = server.request("DELETE", f"/tasks/{later['id']}")
+    assert (cancelled.status, cancelled.json()["status"]) == (200, "cancelled")
+    assert server.request("GET", "/health", authenticate=False).status == 200
+    assert server.request("GET", "/health/ready", authenticate=False).status == 200
+    metrics = server.request("GET", "/metrics")
+    assert metrics.status == 200
+    assert b"iron_defer_" in metrics.body
+    openapi = server.request("GET", "/openapi.json")
+    assert openapi.json()["openapi"] == "3.1.0"
+
+    errors = [
+        (server.request("POST", "/tasks", raw=b"{oops"), 400, "MALFORMED_JSON"),
+        (server.request("GET", "/tasks?limit=0"), 400, "INVALID_QUERY"),
+        (server.request("GET", "/tasks/xyz"), 400, "INVALID_TASK_ID"),
+        (server.request("GET", "/queues", authenticate=False), 401, "UNAUTHORIZED"),
+        (server.request("GET", f"/tasks/{uuid.uuid4()}"), 404, "TASK_NOT_FOUND"),
+        (server.request("GET", "/nowhere"), 404, "NOT_FOUND"),
+        (server.request("PATCH", "/tasks"), 405, "METHOD_NOT_ALLOWED"),
+        (server.request("DELETE", f"/tasks/{task['id']}"), 409, "INVALID_TRANSITION"),
+        (server.request("POST", "/tasks", raw=b"{" + b" " * 5000 + b"}"), 413, "PAYLOAD_TOO_LARGE"),
+        (
+            server.request("POST", "/tasks", raw=b"{}", headers={"Content-Type": "text/csv"}),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            server.request("POST", "/tasks", {"kind": "echo", "payload": {}}),
+            422,
+            "VALIDATION_FAILED",
+        ),
+        (server.request("POST", "/tasks", {"kind": "nope", "payload": {}}), 422, "UNKNOWN_KIND"),
+        (
+            server.request(
+                "POST", "/tasks", {"kind": "echo", "payload": {"message": "x"}, "queue": "a b"}
+            ),
+            422,
+            "INVALID_TASK",
+        ),
+    ]
+    for response, status, code in errors:
+        assert (response.status, response.json()["code"]) == (status, code), response.body
+        assert response.headers["Content-Type"] == "application/problem+json"
+    rows = pg.fetch_sync(database_url, "SELECT count(*) AS n FROM iron_defer.tasks")
+    assert rows[0]["n"] == 2  # rejected requests wrote nothing
+
+
+def test_sigterm_drains_running_tasks_and_exits_zero(server: Server, database_url: str) -> None:
+    """SIGTERM with tasks in flight: they finish, nothing is left running, exit status 0."""
+    ids = [
+        server.request(
+            "POST", "/tasks", {"kind": "sleep", "payload": {"seconds": 1.0}, "queue": "slow"}
+        ).json()["id"]
+        for _ in range(2)
+    ]
+    wait_for(
+        lambda: all(server.request("GET", f"/tasks/{i}").json()["status"] == "running" for i in ids)
+    )
+    server.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert server.wait(timeout=30) == 0
+    took = time.monotonic() - started
+    rows = pg.fetch_sync(
+        database_url, "SELECT status, count(*) AS n FROM iron_defer.tasks GROUP BY status"
+    )
+    assert {r["status"]: r["n"] for r in rows} == {"completed": 2}
+    assert took < 10.0
+    assert server.events("shutdown_requested")[0]["signal"] == "SIGTERM"
+    assert server.events("server_stopped")
+
+
+def test_tasks_past_the_shutdown_timeout_are_pending_again(
+    database_url: str, app_dir: Path
+) -> None:
+    """Tasks still running at the deadline are cancelled and handed back; exit 0 within
+    shutdown_timeout plus a small margin."""
+    running = start_server(
+        "--app",
+        "e2e_tasks",
+        cwd=app_dir,
+        env=base_env(DATABASE_URL=database_url, IRON_DEFER__WORKER__SHUTDOWN_TIMEOUT="1s"),
+    )
+    try:
+        ids = [
+            running.request("POST", "/tasks", {"kind": "sleep", "payload": {"seconds": 60}}).json()[
+                "id"
+            ]
+            for _ in range(3)
+        ]
+        wait_for(
+            lambda: all(
+                running.request("GET", f"/tasks/{i}").json()["status"] == "running" for i in ids
+            )
+        )
+        running.signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert running.wait(timeout=30) == 0
+        took = time.monotonic() - started
+    finally:
+        running.stop()
+    rows = pg.fetch_sync(database_url, "SELECT status, attempts, claimed_by FROM iron_defer.tasks")
+    assert [(r["status"], r["attempts"], r["claimed_by"]) for r in rows] == [
+        ("pending", 0, None)
+    ] * 3
+    assert 1.0 <= took < 5.0
+
+
+def test_second_signal_stops_at_once(database_url: str, app_dir: Path) -> None:
+    """A second signal during the drain exits promptly (status 1), still handing tasks back."""
+    running = start_server(
+        "--app",
+        "e2e_tasks",
+        cwd=app_dir,
+        env=base_env(DATABASE_URL=database_url, IRON_DEFER__WORKER__SHUTDOWN_TIMEOUT="5m"),
+    )
+    try:
+        task = running.request(
+            "POST", "/tasks", {"kind": "sleep", "payload": {"seconds": 600}}
+        ).json()
+        wait_for(
+            lambda: running.request("GET", f"/tasks/{task['id']}").json()["status"] == "running"
+        )
+        running.signal(signal.SIGINT)
+        wait_for(lambda: running.events("server_draining"))
+        running.signal(signal.SIGINT)
+        started = time.monotonic()
+        assert running.wait(timeout=30) == 1
+        took = time.monotonic() - started
+    finally:
+        running.stop()
+    rows = pg.fetch_sync(database_url, "SELECT status, claimed_by FROM iron_defer.tasks")
+    assert [(r["status"], r["claimed_by"]) for r in rows] == [("pending", None)]
+    assert took < 5.0
+    assert running.events("shutdown_forced")
+
+
+def test_serve_without_task_modules_is_a_usage_error(database_url: str, tmp_path: Path) -> None:
+    """serve refuses to start with nothing to run: exit 2 and one clear line."""
+    import subprocess
+
+    from tests.e2e.serving import CLI
+
+    result = subprocess.run(
+        [str(CLI), "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=base_env(DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--app" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

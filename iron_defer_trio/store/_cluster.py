@@ -661,6 +661,9 @@ class PrivateCluster:
     run_as: str | None = None
     fast_unsafe: bool = False
     extra_settings: dict[str, str] = field(default_factory=dict)
+    #: False: no TCP listener at all, only the Unix socket inside the (0700) data directory,
+    #: so no other local user can reach the server; the DSN then names the socket directory.
+    tcp: bool = True
     _account: _Account | None = field(default=None, init=False, repr=False, compare=False)
     #: The postmaster we started, kept so it can be reaped once it exits.
     _process: subprocess.Popen[bytes] | None = field(
@@ -910,7 +913,7 @@ class PrivateCluster:
         createdb = [
             str(self._binary("createdb")),
             "-h",
-            "127.0.0.1",
+            "127.0.0.1" if self.tcp else str(self.data_dir / _SOCKET_DIRNAME),
             "-p",
             str(self.port),
             "-U",
@@ -946,6 +949,8 @@ class PrivateCluster:
             raise ClusterError(
                 f"the cluster in {self.data_dir} has no port yet; call start() first"
             )
+        if not self.tcp:
+            return socket_dsn(self.data_dir / _SOCKET_DIRNAME, self.port, database)
         return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{quote(database, safe='')}"
 
     def _server_account(self) -> _Account:
@@ -1033,6 +1038,12 @@ class PrivateCluster:
         if len(os.fsencode(socket_dir)) + 17 > _MAX_SOCKET_PATH or any(
             char in str(socket_dir) for char in ", \t"
         ):
+            if not self.tcp:
+                raise ClusterError(
+                    f"the socket path under {self.data_dir} is too long (or holds a comma or "
+                    "whitespace) for a Unix socket, and this cluster listens on nothing else; "
+                    "choose a shorter data directory"
+                )
             return ""
         try:
             socket_dir.mkdir(mode=0o700, exist_ok=True)
@@ -1044,7 +1055,7 @@ class PrivateCluster:
 
     def _server_options(self, port: int, socket_setting: str) -> list[str]:
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": "127.0.0.1" if self.tcp else "",
             "port": str(port),
             "unix_socket_directories": socket_setting,
         }
@@ -1217,3 +1228,10 @@ class PrivateCluster:
                     log_tail=_read_log_tail(self.log_path),
                 )
             time.sleep(0.05)
+
+
+def socket_dsn(socket_dir: Path, port: int, database: str) -> str:
+    """A DSN reaching a server through its Unix socket in ``socket_dir`` (``port`` names the
+    socket file, ``.s.PGSQL.<port>``)."""
+    host = quote(str(socket_dir), safe="")
+    return f"postgresql://{_SUPERUSER}@/{quote(database, safe='')}?host={host}&port={port}"

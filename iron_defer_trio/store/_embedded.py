@@ -4,7 +4,8 @@ When no database URL is configured, ``iron-defer-trio serve`` calls
 :func:`open_embedded_database` before ``trio.run`` and leaves its ``with`` block after it. The
 cluster is a :class:`~iron_defer_trio.store._cluster.PrivateCluster` with durable settings (it
 holds real data, unlike the throw-away clusters of the tests), kept in the user's data
-directory, listening on 127.0.0.1 on a port chosen at its first start.
+directory, listening only on a Unix socket inside that (0700) directory: with trust
+authentication, a TCP listener would let any local user in as superuser.
 
 Several ``serve`` processes may share one data directory. They find each other through a small
 users file next to the data directory (``<data_dir>.users``), which lists every process that
@@ -29,7 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import quote
 
 from iron_defer_trio.store._cluster import (
     BINDIR_ENV,
@@ -37,12 +37,18 @@ from iron_defer_trio.store._cluster import (
     PrivateCluster,
     find_postgres_bindir,
     server_major_version,
+    socket_dsn,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["EmbeddedDatabase", "default_data_dir", "open_embedded_database"]
+__all__ = [
+    "EmbeddedDatabase",
+    "default_data_dir",
+    "open_embedded_database",
+    "running_embedded_dsn",
+]
 
 _APP_DIRNAME = "iron-defer-trio"
 _CLUSTER_DIRNAME = "postgres"
@@ -81,8 +87,9 @@ class EmbeddedDatabase:
     """What :func:`open_embedded_database` yields.
 
     Attributes:
-        dsn: ``postgresql://postgres@127.0.0.1:<port>/<database>``; no password (the cluster
-            trusts local TCP connections), so it is safe to print.
+        dsn: ``postgresql://postgres@/<database>?host=<socket dir>&port=<port>``; no password
+            (the cluster trusts connections through its private socket), so it is safe to
+            print.
         data_dir: the cluster's data directory (absolute, symlink-free).
         started: True when this call started the server, False when it was already running
             (started by another ``serve``, or left running by one that was killed).
@@ -222,7 +229,8 @@ def _prepare(
         raise ClusterError(f"{path} cannot hold the zero-setup database. {_ADVICE}")
     cluster = _clusters.get(path)
     if cluster is None or cluster.run_as != run_as:
-        cluster = PrivateCluster(path, run_as=run_as)
+        # Socket only: a TCP listener with trust authentication would let any local user in.
+        cluster = PrivateCluster(path, run_as=run_as, tcp=False)
     account = _guarded(cluster, cluster._server_account)
     if account.switch:
         # Before anything is created: a directory the server account cannot reach is refused
@@ -425,13 +433,14 @@ def running_embedded_dsn(
     directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if not (directory / "PG_VERSION").is_file():
         return None
-    cluster = PrivateCluster(data_dir=directory)
+    cluster = PrivateCluster(data_dir=directory, tcp=False)
     if not cluster.is_running():
         return None
     try:
         lines = (directory / "postmaster.pid").read_text().splitlines()
     except OSError:
         return None
-    if len(lines) < 4 or not lines[3].strip().isdigit():
+    # postmaster.pid: pid, data dir, start time, port, socket directory, ...
+    if len(lines) < 5 or not lines[3].strip().isdigit() or not lines[4].strip():
         return None
-    return f"postgresql://postgres@127.0.0.1:{int(lines[3])}/{quote(database, safe='')}"
+    return socket_dsn(Path(lines[4].strip()), int(lines[3]), database)

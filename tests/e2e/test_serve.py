@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +19,8 @@ from tests.e2e.serving import Server, base_env, start_server, wait_for, write_ta
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from iron_defer_trio.store._cluster import PrivateCluster
 
 TOKEN = "e2e-token-0123456789"
 
@@ -234,3 +236,113 @@ def test_serve_without_task_modules_is_a_usage_error(database_url: str, tmp_path
     assert result.returncode == 2
     assert "--app" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_and_rest_agree_both_ways(server: Server, database_url: str, app_dir: Path) -> None:
+    """A task submitted with the CLI reads the same over REST, and one created over REST reads
+    the same with the CLI's --json (the shared wire format)."""
+    import json
+
+    from tests.e2e.test_cli_migrate import cli, cli_env
+
+    env = cli_env(DATABASE_URL=database_url)
+    submitted = cli(
+        "submit",
+        "echo",
+        "--payload",
+        '{"message": "from the cli"}',
+        "--queue",
+        "slow",
+        "--app",
+        "e2e_tasks",
+        cwd=app_dir,
+        env=env,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    cli_id = submitted.stdout.strip()
+    over_rest = wait_for(
+        lambda: (
+            (r := server.request("GET", f"/tasks/{cli_id}").json())["status"] == "completed" and r
+        )
+    )
+    assert (over_rest["kind"], over_rest["queue"], over_rest["payload"]) == (
+        "echo",
+        "slow",
+        {"message": "from the cli"},
+    )
+    shown = cli("tasks", "get", cli_id, "--json", cwd=app_dir, env=env)
+    assert json.loads(shown.stdout) == over_rest
+
+    created = server.request(
+        "POST",
+        "/tasks",
+        {
+            "kind": "echo",
+            "payload": {"message": "from rest"},
+            "scheduledAt": "2099-01-01T00:00:00Z",
+        },
+    ).json()
+    read = cli("tasks", "get", created["id"], "--json", cwd=app_dir, env=env)
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout) == server.request("GET", f"/tasks/{created['id']}").json()
+    listed = json.loads(
+        cli("tasks", "list", "--json", "--limit", "500", cwd=app_dir, env=env).stdout
+    )
+    assert {item["id"] for item in listed["items"]} == {cli_id, created["id"]}
+    cancelled = cli("tasks", "cancel", created["id"], cwd=app_dir, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert server.request("GET", f"/tasks/{created['id']}").json()["status"] == "cancelled"
+    again = cli("tasks", "cancel", created["id"], cwd=app_dir, env=env)
+    assert again.returncode == 4
+    rest_queues = server.request("GET", "/queues").json()
+    cli_queues = json.loads(cli("queues", "--json", cwd=app_dir, env=env).stdout)
+
+    def without_age(queues: dict[str, Any]) -> list[dict[str, Any]]:
+        # The age moves between the two reads; everything else must be identical.
+        return [
+            {k: v for k, v in q.items() if k != "oldestPendingAgeSeconds"} for q in queues["queues"]
+        ]
+
+    assert without_age(cli_queues) == without_age(rest_queues)
+
+
+def test_database_outage_is_503_then_the_server_recovers(
+    private_cluster: PrivateCluster, app_dir: Path
+) -> None:
+    """With PostgreSQL down: readiness and writes answer 503 (nothing half-written); once it
+    is back, the same server is ready again and runs work, without a restart."""
+    dsn = private_cluster.create_database("served")
+    running = start_server(
+        "--app",
+        "e2e_tasks",
+        cwd=app_dir,
+        env=base_env(DATABASE_URL=dsn, IRON_DEFER__SERVER__READY_TIMEOUT="1s"),
+    )
+    try:
+        assert running.request("GET", "/health/ready").status == 200
+        private_cluster.stop()
+        ready = running.request("GET", "/health/ready")
+        assert (ready.status, ready.json()["status"]) == (503, "unavailable")
+        write = running.request("POST", "/tasks", {"kind": "echo", "payload": {"message": "x"}})
+        assert (write.status, write.json()["code"]) == (503, "DATABASE_UNAVAILABLE")
+        assert running.request("GET", "/health").status == 200
+        private_cluster.start()
+        wait_for(lambda: running.request("GET", "/health/ready").status == 200, timeout=30)
+        task = wait_for(
+            lambda: (
+                (
+                    r := running.request(
+                        "POST", "/tasks", {"kind": "echo", "payload": {"message": "y"}}
+                    )
+                ).status
+                == 201
+                and r.json()
+            )
+        )
+        wait_for(
+            lambda: running.request("GET", f"/tasks/{task['id']}").json()["status"] == "completed"
+        )
+    finally:
+        running.stop()
+    rows = pg.fetch_sync(dsn, "SELECT payload->>'message' AS m FROM iron_defer.tasks")
+    assert [r["m"] for r in rows] == ["y"]

@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
 
@@ -217,14 +219,21 @@ def test_first_open_creates_the_cluster_and_database_and_exit_stops_it(scratch: 
     with open_embedded_database(data_dir, database="my app") as db:
         assert db.started
         assert db.data_dir == data_dir
-        assert db.dsn.startswith("postgresql://postgres@127.0.0.1:")
-        assert db.dsn.endswith("/my%20app")
-        assert ":5432/" not in db.dsn
+        # Reached through the Unix socket inside the 0700 data directory only: with trust
+        # authentication, a TCP listener would let any local user in as superuser.
+        socket_dir = quote(str(data_dir / "socket"), safe="")
+        assert db.dsn.startswith(f"postgresql://postgres@/my%20app?host={socket_dir}&port=")
         assert _psql(db.dsn, "select current_database()") == "my app"
         # It holds real data: none of the test clusters' shortcuts.
         assert _psql(db.dsn, "show fsync") == "on"
         assert _psql(db.dsn, "show synchronous_commit") == "on"
-        assert _psql(db.dsn, "show listen_addresses") == "127.0.0.1"
+        assert _psql(db.dsn, "show listen_addresses") == ""
+        port = int(db.dsn.rsplit("port=", 1)[1])
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=2),
+        ):
+            pass
         assert (data_dir / "PG_VERSION").is_file()
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
         for created in (scratch / "home", data_dir.parent):

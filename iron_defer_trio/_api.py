@@ -19,12 +19,17 @@ from iron_defer_trio.config import Settings
 from iron_defer_trio.engine import Engine, TaskRegistry, run_engine
 from iron_defer_trio.errors import ConfigError, EngineCrashed, IronDeferError
 from iron_defer_trio.observability.logs import Logger, default_logger
+from iron_defer_trio.observability.metrics import metrics_for
+from iron_defer_trio.observability.tracing import get_tracer
 from iron_defer_trio.store import MigrationReport, open_postgres_store, running_embedded_dsn
 from iron_defer_trio.store import migrate as migrate_store
 
 if TYPE_CHECKING:
     import random
     from collections.abc import AsyncIterator, Iterable, Mapping
+
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
     from iron_defer_trio.domain import Task
     from iron_defer_trio.store.protocol import TaskStore
@@ -41,6 +46,8 @@ async def open_engine(
     store: TaskStore | None = None,
     logger: Logger | None = None,
     rng: random.Random | None = None,
+    meter_provider: MeterProvider | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine for the lifetime of the ``async with`` block.
 
@@ -55,6 +62,9 @@ async def open_engine(
         store: use this store instead of connecting one (tests, custom backends).
         logger: a structlog bound logger; default ``structlog.get_logger("iron_defer_trio")``.
         rng: random source for jitter (tests pass a seeded one).
+        meter_provider: where metrics go; default the global OpenTelemetry meter provider
+            (a no-op until the application sets one). Never installed globally.
+        tracer_provider: where spans go; default the global tracer provider.
 
     Yields:
         The running :class:`Engine`. Workers claim tasks while the block runs.
@@ -85,6 +95,8 @@ async def open_engine(
                 run_workers=run_workers,
                 log=log,
                 rng=rng,
+                metrics=metrics_for(meter_provider),
+                tracer=get_tracer(tracer_provider),
             ) as engine,
         ):
             try:
@@ -151,7 +163,7 @@ async def _store(
     if given is not None:
         yield given
         return
-    async with open_postgres_store(settings.database) as store:
+    async with open_postgres_store(settings.database, log=log) as store:
         if migrate:
             report = await store.migrate()
             if report.applied:

@@ -17,7 +17,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatabaseSettings",
     "LoadedSettings",
+    "ObservabilitySettings",
     "Seconds",
     "ServerSettings",
     "Settings",
@@ -195,6 +196,33 @@ class TasksSettings(_Section):
         return value
 
 
+class ObservabilitySettings(_Section):
+    """Logs, metrics and traces."""
+
+    #: Level of ``serve``'s JSON logs (embedded, the application's logging decides).
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Include task payloads in lifecycle logs. Off by default: payloads may hold personal data.
+    log_payload: bool = False
+    #: Base URL of an OTLP/HTTP collector (e.g. ``http://otel-collector:4318``); ``serve`` then
+    #: pushes metrics to ``/v1/metrics`` and traces to ``/v1/traces`` under it.
+    otlp_endpoint: str | None = None
+    #: How often metrics are pushed to the OTLP endpoint.
+    otlp_interval: Seconds = Field(default=15.0, ge=1)
+    #: ``service.name`` of the telemetry ``serve`` exports.
+    service_name: str = Field(default="iron-defer-trio", min_length=1)
+    #: How often each engine refreshes the pending/running gauges (one indexed query).
+    gauge_interval: Seconds = Field(default=10.0, ge=0.1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ValueError("must be an http:// or https:// URL of an OTLP/HTTP collector")
+        return value
+
+
 def _default_queues() -> dict[str, int]:
     return {"default": 4}
 
@@ -221,6 +249,7 @@ class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     tasks: TasksSettings = Field(default_factory=TasksSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     #: Queues this engine works on, with the most tasks each runs at once.
     queues: Annotated[
         dict[str, Annotated[int, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)

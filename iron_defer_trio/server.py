@@ -30,6 +30,7 @@ from iron_defer_trio.engine import EngineState
 from iron_defer_trio.errors import sole_exception
 from iron_defer_trio.http._app import create_app
 from iron_defer_trio.observability import default_logger
+from iron_defer_trio.observability.telemetry import Telemetry, build_telemetry
 from iron_defer_trio.store import open_embedded_database
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ async def serve(
     settings: Settings,
     *,
     tasks: Sequence[type[Task]],
+    telemetry: Telemetry,
     log: Logger | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -85,7 +87,7 @@ async def serve(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as outer:
                 outer.start_soon(watch_signals, signals, outer.cancel_scope)
-                await _run(settings, tasks, stop, logger, task_status)
+                await _run(settings, tasks, telemetry, stop, logger, task_status)
                 outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         error = sole_exception(group)
@@ -99,15 +101,23 @@ async def serve(
 async def _run(
     settings: Settings,
     tasks: Sequence[type[Task]],
+    telemetry: Telemetry,
     stop: trio.Event,
     logger: Logger,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
-    async with open_engine(settings, tasks=tasks, logger=logger) as engine:
+    async with open_engine(
+        settings,
+        tasks=tasks,
+        logger=logger,
+        meter_provider=telemetry.meter_provider,
+        tracer_provider=telemetry.tracer_provider,
+    ) as engine:
         app = create_app(
             engine,
             settings,
             draining=lambda: stop.is_set() or engine.state is not EngineState.RUNNING,
+            metrics=telemetry.render,
             log=logger,
         )
         config = HypercornConfig()
@@ -127,6 +137,19 @@ async def _run(
             engine.stop()
         # Leaving open_engine waits for the drain (bounded by worker.shutdown_timeout).
     logger.info("server_stopped")
+
+
+@contextmanager
+def open_telemetry(settings: Settings) -> Iterator[Telemetry]:
+    """Build the server's telemetry for the block; flush and stop its exporters after.
+
+    Synchronous (exporters flush with blocking I/O): use it outside ``trio.run``.
+    """
+    telemetry = build_telemetry(settings.observability)
+    try:
+        yield telemetry
+    finally:
+        telemetry.shutdown()
 
 
 @contextmanager

@@ -53,7 +53,13 @@ def serve_command(
         str | None,
         typer.Option("--config", help="Base TOML config file.", show_default=False),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="debug, info, warning or error (default observability.log_level, info).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the engine, the sweeper and the REST API in one process until SIGTERM/SIGINT.
 
@@ -77,9 +83,12 @@ def serve_command(
         names["tasks", "modules"] = "--app"
     if config is not None:
         state.config_file = config
+    if log_level is not None:
+        overrides["observability", "log_level"] = log_level
+        names["observability", "log_level"] = "--log-level"
     try:
-        configure_json_logging(log_level)
         settings = state.load(overrides, names).settings
+        configure_json_logging(settings.observability.log_level)
         if not settings.tasks.modules:
             raise ConfigError(
                 "serve needs the Task classes to run: pass --app MODULE or set tasks.modules"
@@ -88,8 +97,8 @@ def serve_command(
     except (ConfigError, ValueError) as exc:
         _fail(str(exc), code=2)
     try:
-        with server.database_for(settings) as ready:
-            trio.run(partial(server.serve, ready, tasks=tasks))
+        with server.database_for(settings) as ready, server.open_telemetry(ready) as telemetry:
+            trio.run(partial(server.serve, ready, tasks=tasks, telemetry=telemetry))
     except server.ForcedShutdown as exc:
         _fail(str(exc), code=EXIT_FORCED)
     except ConfigError as exc:

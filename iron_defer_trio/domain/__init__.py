@@ -15,6 +15,7 @@ from iron_defer_trio.domain.status import TRANSITIONS as TRANSITIONS
 from iron_defer_trio.domain.status import TaskStatus as TaskStatus
 from iron_defer_trio.domain.status import can_transition as can_transition
 from iron_defer_trio.domain.task import NewTask as NewTask
+from iron_defer_trio.domain.task import PoolStatistics as PoolStatistics
 from iron_defer_trio.domain.task import QueueStatistics as QueueStatistics
 from iron_defer_trio.domain.task import Task as Task
 from iron_defer_trio.domain.task import TaskContext as TaskContext
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "TRANSITIONS",
     "NewTask",
+    "PoolStatistics",
     "QueueStatistics",
     "RetryPolicy",
     "Task",

@@ -122,6 +122,8 @@ class TaskRecord(BaseModel):
     started_at: datetime | None
     #: When the task reached a final status.
     finished_at: datetime | None
+    #: W3C trace context of the code that enqueued it; each attempt is a span of that trace.
+    traceparent: str | None = None
 
 
 class NewTask(BaseModel):
@@ -137,6 +139,8 @@ class NewTask(BaseModel):
     max_attempts: int
     #: None means "now" by the database clock.
     scheduled_at: datetime | None
+    #: W3C ``traceparent`` to continue the enqueuing trace in (None: no tracing).
+    traceparent: str | None = None
 
 
 class QueueStatistics(BaseModel):
@@ -156,3 +160,20 @@ class QueueStatistics(BaseModel):
     active_workers: int
     #: Seconds the oldest due pending task has waited past its ``scheduled_at`` (None if none).
     oldest_pending_age: float | None
+
+
+class PoolStatistics(BaseModel):
+    """The engine's connection pool, read from memory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Connections open now.
+    size: int
+    #: Open connections not in use.
+    idle: int
+    #: Connections in use.
+    in_use: int
+    #: Calls waiting for a free connection.
+    waiting: int
+    #: The pool's upper bound (database.max_connections).
+    max_size: int

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, overload
 from uuid import UUID
 
 import trio
+from opentelemetry.trace import SpanKind
 
 from iron_defer_trio.domain import NewTask, QueueStatistics, Task, TaskRecord, TaskStatus
 from iron_defer_trio.domain.limits import (
@@ -56,13 +57,16 @@ from iron_defer_trio.errors import (
     StoreError,
     TaskNotFound,
 )
+from iron_defer_trio.observability import tracing
 from iron_defer_trio.observability.logs import Logger, default_logger
+from iron_defer_trio.observability.metrics import Metrics, metrics_for
 
 if TYPE_CHECKING:
     import builtins
     from collections.abc import AsyncIterator, Mapping, Sequence
     from datetime import datetime
 
+    from opentelemetry.trace import Tracer
     from pydantic import JsonValue
 
     from iron_defer_trio.config import Settings
@@ -121,6 +125,8 @@ class Engine:
         queues: Mapping[str, int],
         log: Logger | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.worker_id: UUID = uuid.uuid4()
         self.settings = settings
@@ -128,6 +134,10 @@ class Engine:
         self._store = store
         self._rng = rng or random.Random()
         self._log = (log or default_logger()).bind(worker_id=str(self.worker_id))
+        self._metrics = metrics or metrics_for()
+        self._tracer = tracer or tracing.get_tracer()
+        self._log_payload = settings.observability.log_payload
+        self._task_counts: dict[str, dict[str, int]] | None = None
         self._state = EngineState.STARTING
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
@@ -155,7 +165,12 @@ class Engine:
             lease=settings.worker.lease_duration,
         )
         self._sweeper = Sweeper(
-            store, self._health, self._log, self._rng, interval=settings.worker.sweeper_interval
+            store,
+            self._health,
+            self._log,
+            self._rng,
+            interval=settings.worker.sweeper_interval,
+            metrics=self._metrics,
         )
         self._listener = NotificationListener(
             store, self._health, self._log, self._rng, wake=self._wake, wake_all=self._wake_all
@@ -173,6 +188,9 @@ class Engine:
                 settings=settings.worker,
                 log=self._log,
                 rng=self._rng,
+                metrics=self._metrics,
+                tracer=self._tracer,
+                log_payload=self._log_payload,
             )
             for name, concurrency in queues.items()
         }
@@ -288,8 +306,11 @@ class Engine:
     ) -> None:
         """Run workers and services until :meth:`stop`, then shut down gracefully."""
         self._run_workers = True
+        gauges = _GaugeSource(self)
+        self._metrics.add_source(gauges)
         try:
             async with trio.open_nursery() as services:
+                services.start_soon(self._refresh_task_counts)
                 await services.start(self._completer.run)
                 await services.start(self._heartbeat.run)
                 await services.start(self._listener.run)
@@ -316,7 +337,28 @@ class Engine:
                     await self._completer.wait_idle()
                 services.cancel_scope.cancel()
         finally:
+            self._metrics.remove_source(gauges)
             await self._release_leftovers()
+
+    async def _refresh_task_counts(self) -> None:
+        # The pending/running gauges read this cache: a scrape never queries the database.
+        while True:
+            try:
+                fresh = await self._store.active_counts()
+            except StoreError as exc:
+                self._health.failed("gauges", exc)
+            else:
+                # A queue that emptied reports 0 rather than vanishing from the gauges (a
+                # missing series reads as "no data", not as "idle").
+                known = set(self._workers) | set(self._task_counts or {}) | set(fresh)
+                self._task_counts = {
+                    queue: {
+                        "pending": fresh.get(queue, {}).get("pending", 0),
+                        "running": fresh.get(queue, {}).get("running", 0),
+                    }
+                    for queue in known
+                }
+            await trio.sleep(self.settings.observability.gauge_interval)
 
     def _begin_drain(self) -> None:
         self._state = EngineState.DRAINING
@@ -435,16 +477,7 @@ class Engine:
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
         )
-        self._check_open()
-        (record,) = await self._store.enqueue([new])
-        self._log.info(
-            "task_enqueued",
-            task_id=str(record.id),
-            queue=record.queue,
-            kind=record.kind,
-            priority=record.priority,
-            scheduled_at=record.scheduled_at.isoformat(),
-        )
+        (record,) = await self._store_new([new])
         return record
 
     @overload
@@ -504,18 +537,7 @@ class Engine:
             )
             for item in batch
         ]
-        self._check_open()
-        records = await self._store.enqueue(prepared)
-        for record in records:
-            self._log.info(
-                "task_enqueued",
-                task_id=str(record.id),
-                queue=record.queue,
-                kind=record.kind,
-                priority=record.priority,
-                scheduled_at=record.scheduled_at.isoformat(),
-            )
-        return records
+        return await self._store_new(prepared)
 
     async def enqueue_payload(
         self,
@@ -563,18 +585,39 @@ class Engine:
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
         )
-        self._check_open()
-        (record,) = await self._store.enqueue([new])
-        self._log.info(
-            "task_enqueued",
-            task_id=str(record.id),
-            queue=record.queue,
-            kind=record.kind,
-            priority=record.priority,
-            scheduled_at=record.scheduled_at.isoformat(),
-            validated=False,
-        )
+        (record,) = await self._store_new([new])
         return record
+
+    async def _store_new(self, tasks: builtins.list[NewTask]) -> builtins.list[TaskRecord]:
+        """Insert prepared tasks under one producer span whose trace context they carry, so
+        every attempt of every task continues the enqueuing trace."""
+        self._check_open()
+        if not tasks:
+            return []
+        attributes: dict[str, str | int] = {tracing.ATTR_COUNT: len(tasks)}
+        if len({t.queue for t in tasks}) == 1:
+            attributes[tracing.ATTR_QUEUE] = tasks[0].queue
+        if len({t.kind for t in tasks}) == 1:
+            attributes[tracing.ATTR_KIND] = tasks[0].kind
+        with self._tracer.start_as_current_span(
+            tracing.ENQUEUE_SPAN, kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            traceparent = tracing.current_traceparent()
+            if traceparent is not None:
+                tasks = [t.model_copy(update={"traceparent": traceparent}) for t in tasks]
+            records = await self._store.enqueue(tasks)
+        for record in records:
+            self._metrics.tasks_enqueued.add(1, {"queue": record.queue, "kind": record.kind})
+            self._log.info(
+                "task_enqueued",
+                task_id=str(record.id),
+                queue=record.queue,
+                kind=record.kind,
+                priority=record.priority,
+                scheduled_at=record.scheduled_at.isoformat(),
+                **({"payload": record.payload} if self._log_payload else {}),
+            )
+        return records
 
     async def ping(self) -> None:
         """One round trip to the database (for readiness probes).
@@ -660,6 +703,32 @@ class Engine:
         )
 
 
+class _GaugeSource:
+    """The engine, as the gauges read it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.worker_id = str(engine.worker_id)
+
+    def utilization(self) -> list[tuple[dict[str, str], float]]:
+        return [
+            ({"queue": stats.queue, "worker_id": self.worker_id}, stats.running / stats.concurrency)
+            for stats in self._engine.statistics().queues
+        ]
+
+    def task_counts(self) -> dict[str, dict[str, int]] | None:
+        return self._engine._task_counts
+
+    def pool(self) -> dict[str, float]:
+        stats = self._engine._store.pool_statistics()
+        return {
+            "size": stats.size,
+            "idle": stats.idle,
+            "in_use": stats.in_use,
+            "waiting": stats.waiting,
+        }
+
+
 def _split(queue_or_task: str | Task, task: Task | None) -> tuple[str | None, Task]:
     if isinstance(queue_or_task, str):
         if task is None:
@@ -689,6 +758,8 @@ async def run_engine(
     run_workers: bool = True,
     log: Logger | None = None,
     rng: random.Random | None = None,
+    metrics: Metrics | None = None,
+    tracer: Tracer | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine on ``store`` for the lifetime of the block; shut down gracefully at exit.
 
@@ -702,6 +773,8 @@ async def run_engine(
         queues=settings.queues if queues is None else queues,
         log=log,
         rng=rng,
+        metrics=metrics,
+        tracer=tracer,
     )
     try:
         async with trio.open_nursery() as nursery:

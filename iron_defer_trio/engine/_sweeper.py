@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from iron_defer_trio.engine._health import DatabaseHealth
     from iron_defer_trio.observability.logs import Logger
+    from iron_defer_trio.observability.metrics import Metrics
     from iron_defer_trio.store.protocol import RecoveredTask, TaskStore
 
 #: Tasks recovered per statement; a backlog is worked through in several statements.
@@ -51,7 +52,9 @@ class Sweeper:
         rng: random.Random,
         *,
         interval: float,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._health = health
         self._log = log
@@ -65,6 +68,9 @@ class Sweeper:
             batch = await self._store.recover_expired(limit=BATCH, now=now)
             recovered.extend(batch)
             for task in batch:
+                self._metrics.lease_recoveries.add(
+                    1, {"queue": task.queue, "status": task.status.value}
+                )
                 self._log.warning(
                     "task_recovered",
                     task_id=str(task.task_id),

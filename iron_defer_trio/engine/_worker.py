@@ -9,27 +9,33 @@ notification, a freed slot after a full claim, or the poll interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from traceback import format_exception
 from typing import TYPE_CHECKING
 
 import trio
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from iron_defer_trio.domain import RetryPolicy, TaskContext, TaskRecord
 from iron_defer_trio.domain.limits import truncate_error
 from iron_defer_trio.engine._health import Backoff, DatabaseHealth
 from iron_defer_trio.errors import RetryAfter, StoreError, TaskError
+from iron_defer_trio.observability import tracing
 from iron_defer_trio.store.protocol import Outcome, OutcomeKind, TaskStore
 
 if TYPE_CHECKING:
     import random
     from uuid import UUID
 
+    from opentelemetry.trace import Tracer
+
     from iron_defer_trio.config import WorkerSettings
     from iron_defer_trio.engine._completer import Completer
     from iron_defer_trio.engine._inflight import InFlight, Running
     from iron_defer_trio.engine._registry import TaskRegistry
     from iron_defer_trio.observability.logs import Logger
+    from iron_defer_trio.observability.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +92,14 @@ class QueueWorker:
         settings: WorkerSettings,
         log: Logger,
         rng: random.Random,
+        metrics: Metrics,
+        tracer: Tracer,
+        log_payload: bool = False,
     ) -> None:
         self.queue = queue
+        self._metrics = metrics
+        self._tracer = tracer
+        self._log_payload = log_payload
         self._store = store
         self._registry = registry
         self._worker_id = worker_id
@@ -194,6 +206,11 @@ class QueueWorker:
             self._backoff.reset()
             self._claiming = False
             for record in records:
+                labels = {"queue": record.queue, "kind": record.kind}
+                self._metrics.task_attempts.add(1, labels)
+                if record.started_at is not None:
+                    waited = (record.started_at - record.scheduled_at).total_seconds()
+                    self._metrics.queue_wait.record(max(waited, 0.0), {"queue": record.queue})
                 running = self._inflight.add(record)
                 # One token per attempt: the same task can be re-claimed here while a stale
                 # attempt of it is still being cancelled.
@@ -215,13 +232,19 @@ class QueueWorker:
             attempt=record.attempts,
             worker_id=str(self._worker_id),
         )
-        log.info("task_claimed", max_attempts=record.max_attempts)
+        log.info(
+            "task_claimed",
+            max_attempts=record.max_attempts,
+            **({"payload": record.payload} if self._log_payload else {}),
+        )
+        labels = {"queue": record.queue, "kind": record.kind}
         try:
-            outcome = await self._attempt(running, log)
+            outcome = await self._traced_attempt(running, log)
         except trio.Cancelled:
             # Shutdown's deadline passed: give the task back. The interrupted attempt does not
             # count against the task, since the task did not fail.
             self._finish(running, Outcome(record.id, record.attempts, OutcomeKind.RELEASED))
+            self._record_duration(running, labels, "released")
             log.warning("task_released", reason="shutdown")
             raise
         finally:
@@ -230,31 +253,71 @@ class QueueWorker:
         if outcome is None:
             self._inflight.remove(record.id, record.attempts)
             self._counts[OutcomeKind.RELEASED] += 1
+            self._record_duration(running, labels, "lease_lost")
             return
         self._finish(running, outcome)
-        duration_ms = round((trio.current_time() - running.started_at) * 1000, 3)
+        duration_ms = self._record_duration(running, labels, outcome.kind.value)
         if outcome.kind is OutcomeKind.COMPLETED:
+            self._metrics.tasks_completed.add(1, labels)
             log.info("task_completed", duration_ms=duration_ms)
-        elif outcome.kind is OutcomeKind.RETRY:
+            return
+        self._metrics.task_failures.add(1, labels)
+        failure = outcome if isinstance(outcome, _Failure) else None
+        if outcome.kind is OutcomeKind.RETRY:
+            self._metrics.task_retries.add(1, labels)
+            next_run_at = datetime.now(UTC) + timedelta(seconds=outcome.delay)
             log.warning(
                 "task_failed_retry",
                 duration_ms=duration_ms,
                 error=outcome.error,
+                next_run_at=next_run_at.isoformat(),
                 retry_in_seconds=round(outcome.delay, 3),
-                traceback=getattr(outcome, "traceback", None),
+                traceback=failure.traceback if failure else None,
             )
         else:
             log.error(
                 "task_failed_terminal",
                 duration_ms=duration_ms,
                 error=outcome.error,
-                traceback=getattr(outcome, "traceback", None),
+                traceback=failure.traceback if failure else None,
             )
+
+    def _record_duration(self, running: Running, labels: dict[str, str], outcome: str) -> float:
+        seconds = trio.current_time() - running.started_at
+        self._metrics.task_duration.record(seconds, {**labels, "outcome": outcome})
+        return round(seconds * 1000, 3)
 
     def _finish(self, running: Running, outcome: Outcome) -> None:
         running.finished = True
         self._counts[outcome.kind] += 1
         self._completer.submit(outcome)
+
+    async def _traced_attempt(self, running: Running, log: Logger) -> Outcome | None:
+        """The attempt as a span of the trace the task was enqueued in."""
+        record = running.record
+        with self._tracer.start_as_current_span(
+            tracing.EXECUTE_SPAN,
+            context=tracing.context_from_traceparent(record.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                tracing.ATTR_TASK_ID: str(record.id),
+                tracing.ATTR_QUEUE: record.queue,
+                tracing.ATTR_KIND: record.kind,
+                tracing.ATTR_ATTEMPT: record.attempts,
+                tracing.ATTR_MAX_ATTEMPTS: record.max_attempts,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            outcome = await self._attempt(running, log)
+            span.set_attribute(
+                tracing.ATTR_OUTCOME, "lease_lost" if outcome is None else outcome.kind.value
+            )
+            if outcome is not None and outcome.kind is not OutcomeKind.COMPLETED:
+                if isinstance(outcome, _Failure) and outcome.exception is not None:
+                    span.record_exception(outcome.exception)
+                span.set_status(Status(StatusCode.ERROR, outcome.error))
+            return outcome
 
     async def _attempt(self, running: Running, log: Logger) -> Outcome | None:
         """Run the handler; return the outcome to write, or None when the lease was lost."""
@@ -280,13 +343,11 @@ class QueueWorker:
             with running.scope:
                 await task.execute(ctx)
         except TaskError as exc:
-            return self._failure(record, str(exc), cls.RETRY, retry=exc.retry)
+            return self._failure(record, str(exc), cls.RETRY, retry=exc.retry, exception=exc)
         except RetryAfter as exc:
-            return self._failure(record, str(exc), cls.RETRY, delay=exc.seconds)
+            return self._failure(record, str(exc), cls.RETRY, delay=exc.seconds, exception=exc)
         except Exception as exc:
-            return self._failure(
-                record, f"{type(exc).__name__}: {exc}", cls.RETRY, traceback=_traceback(exc)
-            )
+            return self._failure(record, f"{type(exc).__name__}: {exc}", cls.RETRY, exception=exc)
         if running.scope.cancelled_caught and running.lease_lost:
             return None  # another worker owns the task now; writing would be refused anyway
         return Outcome(record.id, record.attempts, OutcomeKind.COMPLETED)
@@ -299,21 +360,29 @@ class QueueWorker:
         *,
         retry: bool = True,
         delay: float | None = None,
-        traceback: str | None = None,
+        exception: BaseException,
     ) -> _Failure:
         error = truncate_error(error)
+        # Our control-flow errors carry their meaning in the message; a traceback only helps
+        # for unexpected exceptions.
+        trace = None if isinstance(exception, TaskError | RetryAfter) else _traceback(exception)
         if not retry or record.attempts >= record.max_attempts:
-            return _Failure(record.id, record.attempts, OutcomeKind.FAILED, error, 0.0, traceback)
+            return _Failure(
+                record.id, record.attempts, OutcomeKind.FAILED, error, 0.0, trace, exception
+            )
         if delay is None:
             delay = (policy or self._default_retry).delay(record.attempts, self._rng.random())
-        return _Failure(record.id, record.attempts, OutcomeKind.RETRY, error, delay, traceback)
+        return _Failure(
+            record.id, record.attempts, OutcomeKind.RETRY, error, delay, trace, exception
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class _Failure(Outcome):
-    """A failed attempt's outcome, with the traceback to log (never stored)."""
+    """A failed attempt's outcome, with what to log and trace (never stored)."""
 
     traceback: str | None = None
+    exception: BaseException | None = None
 
 
 def _traceback(exc: BaseException) -> str:

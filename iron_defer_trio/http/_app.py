@@ -7,6 +7,7 @@ import json
 import traceback
 from typing import TYPE_CHECKING
 
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -175,7 +176,8 @@ def create_app(
         settings: ``server`` settings (token, body limit, readiness timeout) are read here.
         draining: returns True once the server is shutting down (readiness then fails);
             default: the engine is no longer running.
-        metrics: renders the Prometheus exposition; default: engine statistics only.
+        metrics: renders the Prometheus exposition (``serve`` passes its telemetry's); by
+            default /metrics answers an empty exposition.
         log: where request failures are logged.
     """
     app = QuartTrio(__name__)
@@ -187,7 +189,7 @@ def create_app(
         engine=engine,
         settings=settings,
         draining=draining or (lambda: engine.state.value != "running"),
-        metrics=metrics or _engine_metrics(engine),
+        metrics=metrics or _no_metrics,
     )
     openapi = json.dumps(build_openapi(ROUTES, version=__version__))
 
@@ -274,27 +276,6 @@ def create_app(
     return app
 
 
-def _engine_metrics(engine: Engine) -> Callable[[], tuple[bytes, str]]:
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import GaugeMetricFamily
-    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-    from prometheus_client.registry import Collector
-
-    class EngineCollector(Collector):
-        def collect(self):  # type: ignore[no-untyped-def]  # prometheus_client's own signature
-            stats = engine.statistics()
-            running = GaugeMetricFamily(
-                "iron_defer_tasks_running_here", "Tasks this process runs now", labels=["queue"]
-            )
-            limit = GaugeMetricFamily(
-                "iron_defer_queue_concurrency", "Most tasks run at once", labels=["queue"]
-            )
-            for queue in stats.queues:
-                running.add_metric([queue.queue], queue.running)
-                limit.add_metric([queue.queue], queue.concurrency)
-            yield running
-            yield limit
-
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(EngineCollector())
-    return lambda: (generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4)
+def _no_metrics() -> tuple[bytes, str]:
+    # Embedded, the application's meter provider owns the metrics; this app has none to show.
+    return b"", CONTENT_TYPE_PLAIN_0_0_4

@@ -27,6 +27,7 @@ from iron_defer_trio.http._schemas import (
     TaskPage,
     WireModel,
 )
+from iron_defer_trio.observability import tracing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,6 +127,8 @@ async def create_task() -> Response:
         raise ApiError(
             "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
         ) from None
+    # The caller's W3C trace context (traceparent header): the task's attempts join its trace.
+    token = tracing.attach(tracing.context_from_headers(dict(request.headers)))
     try:
         record = await state().engine.enqueue_payload(
             create.queue,
@@ -141,6 +144,8 @@ async def create_task() -> Response:
             f"the payload does not match task kind {create.kind!r}",
             errors=field_problems(exc, prefix="payload"),
         ) from None
+    finally:
+        tracing.detach(token)
     return json_response(
         TaskOut.from_record(record), status=201, headers={"Location": f"/tasks/{record.id}"}
     )

@@ -56,6 +56,8 @@ class TaskOut(WireModel):
     claimed_until: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    #: W3C trace context of the code that enqueued the task (null when not traced).
+    traceparent: str | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:

@@ -7,10 +7,14 @@ server does, with :func:`configure_json_logging`.
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import TextIO, TypeAlias
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
 Logger: TypeAlias = structlog.typing.FilteringBoundLogger
 
@@ -19,6 +23,24 @@ def default_logger() -> Logger:
     """The package logger; applications configure structlog as they like."""
     logger: Logger = structlog.get_logger("iron_defer_trio")
     return logger
+
+
+#: A password in a URL's user info (``scheme://user:password@host``).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^@\s/]*@")
+#: ``password=...`` in a DSN query or a libpq key=value string.
+_PARAM_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('[^']*'|[^&\s]*)")
+
+
+def mask_secrets(
+    _logger: object, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask database passwords in every string value of an event
+    (error messages from drivers may quote a connection string)."""
+    for key, value in event.items():
+        if isinstance(value, str) and ("@" in value or "assword" in value):
+            masked = _URL_PASSWORD.sub(r"\1:***@", value)
+            event[key] = _PARAM_PASSWORD.sub(r"\1***", masked)
+    return event
 
 
 def configure_json_logging(level: str = "info", stream: TextIO | None = None) -> None:
@@ -33,6 +55,7 @@ def configure_json_logging(level: str = "info", stream: TextIO | None = None) ->
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        mask_secrets,
     ]
     renderer = structlog.processors.JSONRenderer()
     exceptions = structlog.processors.ExceptionRenderer(

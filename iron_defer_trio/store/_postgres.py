@@ -8,6 +8,8 @@ connection, run the named statement, release.
 from __future__ import annotations
 
 import json
+import math
+import time
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -15,8 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 import trio
 
-from iron_defer_trio.domain import NewTask, QueueStatistics, TaskRecord, TaskStatus
+from iron_defer_trio.domain import (
+    NewTask,
+    PoolStatistics,
+    QueueStatistics,
+    TaskRecord,
+    TaskStatus,
+)
 from iron_defer_trio.errors import ConfigError, StoreUnavailable
+from iron_defer_trio.observability import Logger, default_logger
 from iron_defer_trio.store._bridge import Bridge, open_bridge
 from iron_defer_trio.store._ids import uuid7
 from iron_defer_trio.store._migrate import MigrationReport, apply_migrations, load_migrations
@@ -43,10 +52,15 @@ CHANNEL = "iron_defer"
 _NOTIFY_BUFFER = 1024
 #: Time allowed to close the pool or a listener when the block exits, even if cancelled.
 _CLOSE_TIMEOUT = 5.0
+#: A call that waited this long for a pooled connection means the pool is exhausted.
+SATURATION_WAIT = 1.0
+#: At most one pool_saturated warning per this many seconds, however long it lasts.
+SATURATION_WARNING_INTERVAL = 30.0
 
 # asyncpg's classes are generic only in its stubs, so the aliases are strings.
 _Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 _Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+_Proxy: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
 # --- asyncio side -------------------------------------------------------------------------
@@ -81,16 +95,57 @@ async def _aio_create_pool(settings: DatabaseSettings, dsn: str) -> _Pool:
     return pool
 
 
-async def _aio_fetch(
-    pool: _Pool, acquire_timeout: float, sql: str, args: Sequence[Any]
-) -> list[Any]:
-    async with pool.acquire(timeout=acquire_timeout) as conn:
+class _PoolWatch:
+    """The pool, plus a count of calls waiting for a connection and a warning when waits get
+    long (more work than connections: pool exhaustion)."""
+
+    def __init__(self, pool: _Pool, acquire_timeout: float, log: Logger) -> None:
+        self.pool = pool
+        self.acquire_timeout = acquire_timeout
+        self.waiting = 0
+        self._log = log
+        self._last_warning = -math.inf
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[_Proxy]:
+        """(asyncio side) A pooled connection for the block."""
+        started = time.monotonic()
+        self.waiting += 1
+        acquired = False
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                acquired = True
+                self.waiting -= 1
+                waited = time.monotonic() - started
+                if waited >= SATURATION_WAIT:
+                    self._saturated(waited)
+                yield conn
+        finally:
+            if not acquired:
+                self.waiting -= 1
+
+    def _saturated(self, waited: float) -> None:
+        now = time.monotonic()
+        if now - self._last_warning < SATURATION_WARNING_INTERVAL:
+            return
+        self._last_warning = now
+        self._log.warning(
+            "pool_saturated",
+            waited_seconds=round(waited, 3),
+            waiting=self.waiting,
+            max_connections=self.pool.get_max_size(),
+            advice="raise database.max_connections or lower queue concurrency",
+        )
+
+
+async def _aio_fetch(watch: _PoolWatch, sql: str, args: Sequence[Any]) -> list[Any]:
+    async with watch.connection() as conn:
         rows: list[Any] = await conn.fetch(sql, *args)
         return rows
 
 
-async def _aio_cancel(pool: _Pool, acquire_timeout: float, task_id: UUID) -> tuple[Any, Any]:
-    async with pool.acquire(timeout=acquire_timeout) as conn:
+async def _aio_cancel(watch: _PoolWatch, task_id: UUID) -> tuple[Any, Any]:
+    async with watch.connection() as conn:
         row = await conn.fetchrow(TASKS["cancel_pending"], task_id)
         if row is not None:
             return row, None
@@ -153,6 +208,7 @@ def _record(row: Any) -> TaskRecord:
         claimed_until=row["claimed_until"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        traceparent=row["traceparent"],
     )
 
 
@@ -184,19 +240,43 @@ class PostgresStore:
     """:class:`~iron_defer_trio.store.protocol.TaskStore` on PostgreSQL. Create it with
     :func:`open_postgres_store`."""
 
-    def __init__(self, bridge: Bridge, pool: _Pool, settings: DatabaseSettings, dsn: str) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        pool: _Pool,
+        settings: DatabaseSettings,
+        dsn: str,
+        *,
+        log: Logger | None = None,
+    ) -> None:
         self._bridge = bridge
         self._pool = pool
         self._settings = settings
         self._dsn = dsn
         # Waiting for a pooled connection is normal under load; only a statement-length wait
         # means the database is stuck.
-        self._acquire_timeout = settings.command_timeout
+        self._watch = _PoolWatch(pool, settings.command_timeout, log or default_logger())
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        return await self._bridge.call(
-            _aio_fetch, self._pool, self._acquire_timeout, TASKS[query], args
+        return await self._bridge.call(_aio_fetch, self._watch, TASKS[query], args)
+
+    def pool_statistics(self) -> PoolStatistics:
+        """The pool's size, idle and busy connections and waiting calls (from memory)."""
+        size = self._pool.get_size()
+        idle = self._pool.get_idle_size()
+        return PoolStatistics(
+            size=size,
+            idle=idle,
+            in_use=size - idle,
+            waiting=self._watch.waiting,
+            max_size=self._pool.get_max_size(),
         )
+
+    async def active_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._fetch("active_counts"):
+            counts.setdefault(row["queue"], {})[row["status"]] = row["n"]
+        return counts
 
     async def migrate(self) -> MigrationReport:
         """Apply pending migrations (see :mod:`iron_defer_trio.store._migrate`)."""
@@ -214,6 +294,7 @@ class PostgresStore:
             [t.priority for t in tasks],
             [t.max_attempts for t in tasks],
             [t.scheduled_at for t in tasks],
+            [t.traceparent for t in tasks],
         )
         return [_record(row) for row in rows]
 
@@ -236,9 +317,7 @@ class PostgresStore:
         return [_record(row) for row in rows]
 
     async def cancel(self, task_id: UUID) -> CancelResult:
-        cancelled, current = await self._bridge.call(
-            _aio_cancel, self._pool, self._acquire_timeout, task_id
-        )
+        cancelled, current = await self._bridge.call(_aio_cancel, self._watch, task_id)
         if cancelled is not None:
             return CancelResult(cancelled=_record(cancelled), current=None)
         return CancelResult(cancelled=None, current=None if current is None else _record(current))
@@ -388,7 +467,9 @@ async def _aio_migrate(dsn: str, connect_timeout: float) -> MigrationReport:
 
 
 @asynccontextmanager
-async def open_postgres_store(settings: DatabaseSettings) -> AsyncIterator[PostgresStore]:
+async def open_postgres_store(
+    settings: DatabaseSettings, *, log: Logger | None = None
+) -> AsyncIterator[PostgresStore]:
     """Connect a pool (on a private asyncio loop) for the lifetime of the block.
 
     Raises:
@@ -400,7 +481,7 @@ async def open_postgres_store(settings: DatabaseSettings) -> AsyncIterator[Postg
     dsn = settings.url.get_secret_value()
     async with open_bridge() as bridge:
         pool = await bridge.call(_aio_create_pool, settings, dsn)
-        store = PostgresStore(bridge, pool, settings, dsn)
+        store = PostgresStore(bridge, pool, settings, dsn, log=log)
         try:
             yield store
         finally:

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
 
     import trio
 
-    from iron_defer_trio.domain import NewTask, QueueStatistics, TaskRecord, TaskStatus
+    from iron_defer_trio.domain import (
+        NewTask,
+        PoolStatistics,
+        QueueStatistics,
+        TaskRecord,
+        TaskStatus,
+    )
 
 __all__ = [
     "CancelResult",
@@ -182,6 +188,14 @@ class TaskStore(Protocol):
     ) -> list[RecoveredTask]:
         """Move running tasks whose lease expired back to pending, or to failed when they were
         on their last attempt. Safe to run from many engines at once."""
+        ...
+
+    def pool_statistics(self) -> PoolStatistics:
+        """Connections open, idle, in use, and calls waiting for one (no I/O)."""
+        ...
+
+    async def active_counts(self) -> dict[str, dict[str, int]]:
+        """Pending and running tasks per queue: ``{queue: {"pending": n, "running": m}}``."""
         ...
 
     async def ping(self) -> None:

@@ -47,6 +47,8 @@ def _parse_default(text: str) -> Any:
         return []
     if text == "none":
         return None
+    if text in {"true", "false"}:
+        return text == "true"
     return text
 
 

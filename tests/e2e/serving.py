@@ -37,6 +37,17 @@ class Echo(iron_defer.Task):
         ctx.log.info("echo", message=self.message)
 
 
+class FailOnce(iron_defer.Task):
+    KIND: ClassVar[str] = "fail_once"
+    RETRY: ClassVar[iron_defer.RetryPolicy | None] = iron_defer.RetryPolicy(
+        base_delay=0.1, max_delay=0.1
+    )
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+
 class Sleep(iron_defer.Task):
     KIND: ClassVar[str] = "sleep"
     seconds: float

@@ -96,7 +96,7 @@ def test_migrate_applies_then_reports_up_to_date(empty_database: str, tmp_path: 
     accepted after the command, before it, and from DATABASE_URL."""
     first = cli("migrate", "--database-url", empty_database, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "applied migrations [1]" in first.stdout
+    assert "applied migrations [1, 2]" in first.stdout
     second = cli("migrate", cwd=tmp_path, env=cli_env(DATABASE_URL=empty_database))
     assert second.returncode == 0, second.stderr
     assert "is up to date" in second.stdout
@@ -125,4 +125,4 @@ def test_commands_never_migrate_and_say_how_to(empty_database: str, tmp_path: Pa
         result, 1, "the database has no iron-defer schema; run `iron-defer-trio migrate`"
     )
     again = cli("migrate", cwd=tmp_path, env=cli_env(DATABASE_URL=empty_database))
-    assert "applied migrations [1]" in again.stdout
+    assert "applied migrations [1, 2]" in again.stdout

@@ -45,6 +45,7 @@ def server(database_url: str, app_dir: Path) -> Iterator[Server]:
             IRON_DEFER__SERVER__API_TOKEN=TOKEN,
             IRON_DEFER__SERVER__MAX_BODY_BYTES="4096",
             IRON_DEFER__WORKER__SHUTDOWN_TIMEOUT="10s",
+            IRON_DEFER__OBSERVABILITY__GAUGE_INTERVAL="200ms",
         ),
         token=TOKEN,
     )
@@ -346,3 +347,76 @@ def test_database_outage_is_503_then_the_server_recovers(
         running.stop()
     rows = pg.fetch_sync(dsn, "SELECT payload->>'message' AS m FROM iron_defer.tasks")
     assert [r["m"] for r in rows] == ["y"]
+
+
+def test_metrics_scraped_from_the_server_have_every_documented_name(
+    server: Server, database_url: str
+) -> None:
+    """After real work (completions, a retry, a recovered lease), /metrics parses as
+    Prometheus text, carries every documented metric with sensible values, nothing doubled."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from iron_defer_trio.observability.metrics import ALL
+
+    def submit(kind: str, payload: dict[str, Any], **extra: Any) -> str:
+        body = {"kind": kind, "payload": payload, **extra}
+        task_id: str = server.request("POST", "/tasks", body).json()["id"]
+        return task_id
+
+    ids = [submit("echo", {"message": str(i)}) for i in range(3)]
+    ids.append(submit("fail_once", {}))
+    orphan = submit("echo", {"message": "orphan"}, scheduledAt="2099-01-01T00:00:00Z")
+    pg.fetch_sync(  # a worker that died mid-attempt: running, lease already expired
+        database_url,
+        "UPDATE iron_defer.tasks SET status = 'running', attempts = 1, scheduled_at = now(), "
+        "claimed_by = gen_random_uuid(), claimed_until = now() - interval '1 s', "
+        "started_at = now() WHERE id = $1 RETURNING id",
+        uuid.UUID(orphan),
+    )
+    ids.append(orphan)
+    wait_for(
+        lambda: all(
+            server.request("GET", f"/tasks/{i}").json()["status"] == "completed" for i in ids
+        )
+    )
+    samples: dict[str, list[Any]] = {}
+
+    def scrape() -> bool:
+        text = server.request("GET", "/metrics").body.decode()
+        samples.clear()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append(sample)
+        # Wait for a gauge refresh after the work: nothing running any more.
+        running = samples.get("iron_defer_tasks_running")
+        return running is not None and sum(s.value for s in running) == 0
+
+    wait_for(scrape, timeout=10)
+    expected = {spec.name + ("_count" if spec.kind == "histogram" else "") for spec in ALL}
+    assert expected <= set(samples), expected - set(samples)
+    assert not any("_total_total" in name or "_seconds_seconds" in name for name in samples)
+
+    def value(name: str, **labels: str) -> float:
+        return float(
+            sum(
+                s.value
+                for s in samples[name]
+                if all(s.labels.get(k) == v for k, v in labels.items())
+            )
+        )
+
+    echo = {"queue": "default", "kind": "echo"}
+    flaky = {"queue": "default", "kind": "fail_once"}
+    assert value("iron_defer_tasks_enqueued_total", **echo) == 4
+    assert value("iron_defer_task_attempts_total", **echo) == 4  # 3 + the orphan's rerun
+    assert value("iron_defer_tasks_completed_total", **echo) == 4
+    assert value("iron_defer_task_attempts_total", **flaky) == 2
+    assert value("iron_defer_task_failures_total", **flaky) == 1
+    assert value("iron_defer_task_retries_total", **flaky) == 1
+    assert value("iron_defer_lease_recoveries_total", queue="default", status="pending") == 1
+    assert value("iron_defer_task_duration_seconds_count", outcome="completed", **echo) == 4
+    assert value("iron_defer_task_duration_seconds_count", outcome="retry", **flaky) == 1
+    assert value("iron_defer_queue_wait_seconds_count", queue="default") == 6
+    assert 0 <= value("iron_defer_worker_utilization", queue="default") <= 1
+    assert value("iron_defer_db_pool_size") >= 1
+    assert value("iron_defer_tasks_running") == 0

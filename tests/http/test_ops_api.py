@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import iron_defer_trio as iron_defer
 from iron_defer_trio.http._app import ROUTES, create_app
 from iron_defer_trio.http._errors import CODES
+from iron_defer_trio.observability.telemetry import build_telemetry
 from iron_defer_trio.store import PostgresStore
 from tests.conftest import fast_settings
 from tests.http.conftest import Report, SendEmail
@@ -100,16 +101,47 @@ async def test_readiness_is_503_when_the_database_is_down(
     assert took < 3.0
 
 
-async def test_metrics_is_valid_prometheus_text(open_api: Callable[..., Any]) -> None:
-    """GET /metrics renders the text format 0.0.4 that Prometheus parses."""
-    with trio.fail_after(15):
-        async with open_api(run_workers=True) as (client, _):
-            response = await client.get("/metrics")
-            text = await response.get_data(as_text=True)
+async def test_metrics_renders_the_engines_meter_provider(database_url: str) -> None:
+    """GET /metrics renders the text format 0.0.4, from the same provider the engine records
+    into, after real work."""
+    telemetry = build_telemetry(iron_defer.Settings().observability)
+    settings = fast_settings(database_url)
+    with trio.fail_after(20):
+        async with iron_defer.open_engine(
+            settings, tasks=[SendEmail], migrate=False, meter_provider=telemetry.meter_provider
+        ) as engine:
+            app = create_app(engine, settings, metrics=telemetry.render)
+            async with app.test_app() as test_app:
+                client = test_app.test_client()
+                await engine.enqueue(SendEmail(to="x"))
+                await engine.wait_until_idle()
+                response = await client.get("/metrics")
+                text = await response.get_data(as_text=True)
+    telemetry.shutdown()
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    families = {f.name for f in text_string_to_metric_families(text)}
-    assert "iron_defer_queue_concurrency" in families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    completed = families["iron_defer_tasks_completed"]  # the parser drops the _total suffix
+    assert [s.value for s in completed.samples if s.name.endswith("_total")] == [1.0]
+    assert "iron_defer_worker_utilization" in families
+
+
+async def test_rest_submission_joins_the_callers_trace(open_api: Callable[..., Any]) -> None:
+    """A traceparent header on POST /tasks is stored with the task (same trace id)."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with trio.fail_after(15):
+        async with open_api() as (client, _):
+            response = await client.post(
+                "/tasks",
+                json={"kind": "send_email", "payload": {"to": "x"}},
+                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+            untraced = await client.post(
+                "/tasks", json={"kind": "send_email", "payload": {"to": "y"}}
+            )
+    body = json.loads(await response.get_data())
+    assert body["traceparent"].split("-")[1] == trace_id
+    assert json.loads(await untraced.get_data())["traceparent"] is None
 
 
 async def test_openapi_document_is_valid_3_1_and_lists_every_route(

@@ -84,6 +84,7 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "claimedUntil",
         "startedAt",
         "finishedAt",
+        "traceparent",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"

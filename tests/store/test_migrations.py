@@ -49,6 +49,7 @@ EXPECTED_CHECKS = {
     "tasks_lease_iff_running",
     "tasks_finished_iff_final",
     "tasks_last_error_bounded",
+    "tasks_traceparent_format",
 }
 
 

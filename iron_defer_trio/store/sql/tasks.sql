@@ -1,14 +1,14 @@
 -- name: enqueue
 -- Insert tasks from parallel arrays in one statement; wake their queues' workers on commit.
--- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now)
+-- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[]
 WITH inserted AS (
     INSERT INTO iron_defer.tasks
-        (id, queue, kind, payload, priority, max_attempts, scheduled_at)
+        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
     SELECT i.id, i.queue, i.kind, i.payload::jsonb, i.priority, i.max_attempts,
-           coalesce(i.scheduled_at, now())
+           coalesce(i.scheduled_at, now()), i.traceparent
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[])
-        AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at)
+                $7::timestamptz[], $8::text[])
+        AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
     RETURNING *
 ),
 woken AS (
@@ -196,6 +196,14 @@ SELECT queue,
 FROM iron_defer.tasks
 GROUP BY queue
 ORDER BY queue;
+
+-- name: active_counts
+-- Pending and running tasks per queue (the gauges); only the rows of the two partial indexes.
+-- params: none
+SELECT queue, status, count(*) AS n
+FROM iron_defer.tasks
+WHERE status IN ('pending', 'running')
+GROUP BY queue, status;
 
 -- name: count_due
 -- Pending tasks of these queues and kinds that are due now.

@@ -343,3 +343,31 @@ async def test_no_tracing_configured_stores_no_trace_context(database_url: str) 
         ) as engine:
             record = await engine.enqueue(Work())
     assert record.traceparent is None
+
+
+async def test_engines_and_the_server_telemetry_leave_global_providers_alone(
+    database_url: str,
+) -> None:
+    """Neither an engine nor serve's telemetry replaces the application's global
+    OpenTelemetry providers."""
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+
+    from iron_defer_trio.observability.telemetry import build_telemetry
+
+    meter_before = otel_metrics.get_meter_provider()
+    tracer_before = trace.get_tracer_provider()
+    telemetry = build_telemetry(iron_defer.Settings().observability)
+    with trio.fail_after(15):
+        async with iron_defer.open_engine(
+            fast_settings(database_url),
+            tasks=[Work],
+            migrate=False,
+            meter_provider=telemetry.meter_provider,
+            tracer_provider=telemetry.tracer_provider,
+        ) as engine:
+            await engine.enqueue(Work())
+            await engine.wait_until_idle()
+    telemetry.shutdown()
+    assert otel_metrics.get_meter_provider() is meter_before
+    assert trace.get_tracer_provider() is tracer_before

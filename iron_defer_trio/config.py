@@ -91,6 +91,9 @@ class DatabaseSettings(_Section):
     connect_timeout: Seconds = Field(default=5.0, gt=0)
     #: Upper bound of any single statement the engine runs, in seconds.
     command_timeout: Seconds = Field(default=30.0, gt=0)
+    #: A call that waited this long for a pooled connection logs ``pool_saturated`` (at most
+    #: once per 30 s): more concurrent database work than ``max_connections``.
+    pool_wait_warning: Seconds = Field(default=1.0, gt=0)
     #: Where ``serve`` keeps its private PostgreSQL when ``url`` is unset. Default: the user's
     #: data directory (``$XDG_DATA_HOME/iron-defer-trio/postgres``), or
     #: ``/var/lib/iron-defer-trio/postgres`` when running as root.

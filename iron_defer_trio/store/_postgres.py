@@ -52,8 +52,6 @@ CHANNEL = "iron_defer"
 _NOTIFY_BUFFER = 1024
 #: Time allowed to close the pool or a listener when the block exits, even if cancelled.
 _CLOSE_TIMEOUT = 5.0
-#: A call that waited this long for a pooled connection means the pool is exhausted.
-SATURATION_WAIT = 1.0
 #: At most one pool_saturated warning per this many seconds, however long it lasts.
 SATURATION_WARNING_INTERVAL = 30.0
 
@@ -99,9 +97,10 @@ class _PoolWatch:
     """The pool, plus a count of calls waiting for a connection and a warning when waits get
     long (more work than connections: pool exhaustion)."""
 
-    def __init__(self, pool: _Pool, acquire_timeout: float, log: Logger) -> None:
+    def __init__(self, pool: _Pool, acquire_timeout: float, warn_after: float, log: Logger) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        self.warn_after = warn_after
         self.waiting = 0
         self._log = log
         self._last_warning = -math.inf
@@ -117,7 +116,7 @@ class _PoolWatch:
                 acquired = True
                 self.waiting -= 1
                 waited = time.monotonic() - started
-                if waited >= SATURATION_WAIT:
+                if waited >= self.warn_after:
                     self._saturated(waited)
                 yield conn
         finally:
@@ -255,7 +254,9 @@ class PostgresStore:
         self._dsn = dsn
         # Waiting for a pooled connection is normal under load; only a statement-length wait
         # means the database is stuck.
-        self._watch = _PoolWatch(pool, settings.command_timeout, log or default_logger())
+        self._watch = _PoolWatch(
+            pool, settings.command_timeout, settings.pool_wait_warning, log or default_logger()
+        )
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
         return await self._bridge.call(_aio_fetch, self._watch, TASKS[query], args)

@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,7 @@ __all__ = [
     "parse_duration",
 ]
 
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -60,6 +61,8 @@ def parse_duration(value: Any) -> Any:
 
     Other values are passed through for pydantic to reject with its own message.
     """
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean (e.g. '5s')")
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
@@ -71,8 +74,25 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-#: A duration in seconds, accepting unit strings; infinity and NaN are refused.
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(allow_inf_nan=False)]
+#: Longest duration any setting accepts: far beyond any sensible value, and short enough that
+#: "now + duration" always stays a valid timestamp.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+#: A duration in seconds, accepting unit strings; infinity, NaN and absurd values are refused.
+Seconds = Annotated[
+    float, BeforeValidator(parse_duration), Field(allow_inf_nan=False, le=MAX_SECONDS)
+]
+
+
+def _no_bool(value: Any) -> Any:
+    # true/false are not numbers here, even though Python (and pydantic's lax mode) says so.
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean")
+    return value
+
+
+#: An integer setting: booleans are refused.
+Integer = Annotated[int, BeforeValidator(_no_bool)]
 
 
 class _Section(BaseModel):
@@ -85,7 +105,7 @@ class DatabaseSettings(_Section):
     #: PostgreSQL DSN, e.g. ``postgresql://user:pass@host:5432/db``. Never logged or printed.
     url: SecretStr | None = None
     #: Upper bound of the engine's connection pool (the LISTEN connection comes on top).
-    max_connections: int = Field(default=10, ge=2, le=100)
+    max_connections: Integer = Field(default=10, ge=2, le=100)
     #: Seconds to wait for a new connection (and for a free pooled one) before reporting the
     #: database as unavailable.
     connect_timeout: Seconds = Field(default=5.0, gt=0)
@@ -103,12 +123,21 @@ class DatabaseSettings(_Section):
     @classmethod
     def _looks_like_postgres(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            scheme = urlsplit(value.get_secret_value()).scheme
-            if scheme not in {"postgres", "postgresql"}:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in {"postgres", "postgresql"}:
                 # The value itself is not echoed: it may be a key=value DSN with a password.
                 raise ValueError(
-                    f"must be a postgresql:// URL (got scheme {scheme!r}); "
+                    f"must be a postgresql:// URL (got scheme {parts.scheme!r}); "
                     "e.g. postgresql://user:password@host:5432/database"
+                )
+            try:
+                parts.port  # noqa: B018  # parsing the port is the check
+            except ValueError:
+                raise ValueError("the port must be a number between 0 and 65535") from None
+            sslmode = parse_qs(parts.query).get("sslmode", [None])[-1]
+            if sslmode is not None and sslmode not in _SSLMODES:
+                raise ValueError(
+                    f"sslmode {sslmode!r} is not one of {', '.join(sorted(_SSLMODES))}"
                 )
         return value
 
@@ -132,7 +161,7 @@ class WorkerSettings(_Section):
     #: Largest retry delay.
     max_delay: Seconds = Field(default=1800.0, ge=0)
     #: Attempts before a task fails for good, unless the task class or enqueue says otherwise.
-    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_attempts: Integer = Field(default=3, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
@@ -159,20 +188,25 @@ class ServerSettings(_Section):
     #: Interface to bind. Loopback by default: expose the API on purpose, not by accident.
     host: str = "127.0.0.1"
     #: TCP port (0 picks a free one, useful in tests).
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: Integer = Field(default=8080, ge=0, le=65535)
     #: When set, every endpoint except the health probes requires
     #: ``Authorization: Bearer <token>``. Never logged or printed.
     api_token: SecretStr | None = None
     #: Largest accepted request body, in bytes; larger ones are answered 413.
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: Integer = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: How long the readiness probe waits for the database before answering 503.
     ready_timeout: Seconds = Field(default=2.0, gt=0, le=60)
 
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            raise ValueError("must not be empty (leave it unset to disable authentication)")
+        if value is not None:
+            token = value.get_secret_value()
+            if not token.strip():
+                raise ValueError("must not be empty (leave it unset to disable authentication)")
+            # HTTP headers carry ASCII reliably; anything else could never be matched.
+            if not all(33 <= ord(char) <= 126 for char in token):
+                raise ValueError("use printable ASCII without spaces (e.g. token_urlsafe(32))")
         return value
 
 
@@ -255,7 +289,7 @@ class Settings(_Section):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     #: Queues this engine works on, with the most tasks each runs at once.
     queues: Annotated[
-        dict[str, Annotated[int, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)
+        dict[str, Annotated[Integer, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)
     ] = Field(default_factory=_default_queues)
 
     @field_validator("queues")

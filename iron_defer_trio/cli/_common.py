@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -308,7 +309,9 @@ def read_json(source: str, option: str) -> Any:
     else:
         text, where = source, option
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise CliError(f"{where} is nested too deeply") from None
     except ValueError as exc:
         raise CliError(f"{where} is not valid JSON ({exc})") from None
 
@@ -316,6 +319,14 @@ def read_json(source: str, option: str) -> Any:
 def _refuse_constant(name: str) -> Any:
     # NaN and Infinity are not JSON, and PostgreSQL's jsonb refuses them.
     raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to infinity, which JSON cannot carry: it would be stored as null.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 # --- output -------------------------------------------------------------------------------

@@ -105,6 +105,10 @@ def serve_command(
         _fail(str(exc), code=2)
     except IronDeferError as exc:
         _fail(str(exc), code=1)
+    except OSError as exc:
+        # Binding the port or resolving the host failed: say which, without a traceback.
+        where = f"{settings.server.host}:{settings.server.port}"
+        _fail(f"cannot listen on {where}: {exc.strerror or exc}", code=1)
     except KeyboardInterrupt:
         # Interrupted before the signal handlers were installed (during startup).
         _fail("interrupted during startup", code=130)

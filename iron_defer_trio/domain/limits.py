@@ -7,7 +7,7 @@ gives callers a precise message instead of a constraint name.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from iron_defer_trio.errors import InvalidTaskError
 
@@ -24,6 +24,10 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_ERROR_BYTES = 4096
 #: The highest max_attempts accepted; attempts is an INTEGER and a retry loop past this is a bug.
 MAX_ATTEMPTS_LIMIT = 1000
+#: The range of scheduled_at: wide enough for any real schedule, well inside what both Python
+#: and the driver represent (asyncpg maps the calendar's edges to -infinity/infinity).
+EARLIEST_SCHEDULE = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_SCHEDULE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def validate_queue_name(queue: str) -> str:
@@ -38,7 +42,7 @@ def validate_queue_name(queue: str) -> str:
 
 def validate_kind(kind: str) -> str:
     """Return ``kind`` if it is a usable task kind, else raise :class:`InvalidTaskError`."""
-    if not isinstance(kind, str) or not kind or len(kind.encode()) > MAX_KIND_LENGTH:
+    if not isinstance(kind, str) or not kind or len(_utf8(kind, "task kind")) > MAX_KIND_LENGTH:
         raise InvalidTaskError(f"invalid task kind {kind!r}: use 1-{MAX_KIND_LENGTH} bytes")
     if kind != kind.strip() or "\x00" in kind:
         raise InvalidTaskError(f"invalid task kind {kind!r}: no surrounding spaces or NUL bytes")
@@ -68,7 +72,9 @@ def validate_max_attempts(max_attempts: int) -> int:
 
 
 def validate_scheduled_at(scheduled_at: datetime | None) -> datetime | None:
-    """Reject naive datetimes: a wall-clock time without a zone is ambiguous across hosts."""
+    """Reject naive datetimes (a wall-clock time without a zone is ambiguous across hosts) and
+    instants outside :data:`EARLIEST_SCHEDULE` .. :data:`LATEST_SCHEDULE` (the driver turns the
+    calendar's edges into infinities, which no worker could compare)."""
     if scheduled_at is None:
         return None
     if not isinstance(scheduled_at, datetime):
@@ -76,6 +82,15 @@ def validate_scheduled_at(scheduled_at: datetime | None) -> datetime | None:
     if scheduled_at.tzinfo is None or scheduled_at.utcoffset() is None:
         raise InvalidTaskError(
             "scheduled_at must be timezone-aware (for example datetime.now(timezone.utc))"
+        )
+    try:
+        in_range = EARLIEST_SCHEDULE <= scheduled_at < LATEST_SCHEDULE
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise InvalidTaskError(
+            f"scheduled_at must be between {EARLIEST_SCHEDULE:%Y-%m-%d} and "
+            f"{LATEST_SCHEDULE:%Y-%m-%d} UTC, got {scheduled_at.isoformat()}"
         )
     return scheduled_at
 
@@ -85,9 +100,9 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def validate_payload_json(encoded: str) -> None:
-    """Raise if a JSON-encoded payload is over :data:`MAX_PAYLOAD_BYTES` or holds a NUL
-    character (PostgreSQL's jsonb cannot store ``\u0000``)."""
-    size = len(encoded.encode())
+    """Raise if a JSON-encoded payload is over :data:`MAX_PAYLOAD_BYTES`, holds a NUL
+    character (PostgreSQL's jsonb cannot store ``\u0000``) or is not valid Unicode."""
+    size = len(_utf8(encoded, "payload"))
     if size > MAX_PAYLOAD_BYTES:
         raise InvalidTaskError(
             f"payload is {size} bytes encoded as JSON; the limit is {MAX_PAYLOAD_BYTES} bytes"
@@ -97,6 +112,15 @@ def validate_payload_json(encoded: str) -> None:
             "payload contains a NUL character (\\u0000), which PostgreSQL cannot store; "
             "encode binary data (e.g. base64) or strip NULs"
         )
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise InvalidTaskError(
+            f"{what} is not valid Unicode (it holds a lone surrogate, e.g. from a bad escape)"
+        ) from None
 
 
 def truncate_error(message: str, limit: int = MAX_ERROR_BYTES) -> str:

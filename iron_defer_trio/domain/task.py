@@ -35,7 +35,8 @@ class Task(BaseModel):
     rather than a silently ignored value. Override ``model_config`` to relax that.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: JSON has no infinity or NaN, and serialising them would store null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     #: Stable name stored with each task and used to find its class when it runs. Changing it
     #: strands the tasks already queued under the old name.

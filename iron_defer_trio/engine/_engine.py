@@ -401,7 +401,10 @@ class Engine:
             raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
         kind = self.registry.kind_of(task)
         cls = type(task)
-        payload_json = task.model_dump_json()
+        try:
+            payload_json = task.model_dump_json()
+        except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
+            raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
         validate_payload_json(payload_json)
         return NewTask(
             queue=validate_queue_name(queue or cls.QUEUE or "default"),
@@ -573,7 +576,14 @@ class Engine:
                 scheduled_at=scheduled_at,
                 max_attempts=max_attempts,
             )
-        payload_json = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        if not isinstance(payload, dict):
+            raise InvalidTaskError(
+                f"the payload must be a JSON object (a task's fields), got {type(payload).__name__}"
+            )
+        try:
+            payload_json = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
         validate_payload_json(payload_json)
         new = NewTask(
             queue=validate_queue_name(queue or "default"),
@@ -693,6 +703,9 @@ class Engine:
             raise InvalidTaskError(
                 f"unknown status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
             ) from None
+        for name, value in (("queue", queue), ("kind", kind)):
+            if value is not None and ("\x00" in value or len(value) > 255):
+                raise InvalidTaskError(f"{name} filter must be at most 255 characters, no NUL")
         self._check_open()
         return await self._store.list_tasks(
             queue=queue,

@@ -208,8 +208,8 @@ class QueueWorker:
             for record in records:
                 labels = {"queue": record.queue, "kind": record.kind}
                 self._metrics.task_attempts.add(1, labels)
-                if record.started_at is not None:
-                    waited = (record.started_at - record.scheduled_at).total_seconds()
+                waited = _seconds_between(record.scheduled_at, record.started_at)
+                if waited is not None:
                     self._metrics.queue_wait.record(max(waited, 0.0), {"queue": record.queue})
                 running = self._inflight.add(record)
                 # One token per attempt: the same task can be re-claimed here while a stale
@@ -247,6 +247,21 @@ class QueueWorker:
             self._record_duration(running, labels, "released")
             log.warning("task_released", reason="shutdown")
             raise
+        except Exception as exc:
+            # Our own code failed around this task (the handler's errors are outcomes, not
+            # exceptions). Fail the task rather than the engine: one bad row must never stop
+            # every worker that claims it.
+            log.error(
+                "task_internal_error",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=_traceback(exc),
+            )
+            outcome = Outcome(
+                record.id,
+                record.attempts,
+                OutcomeKind.FAILED,
+                truncate_error(f"internal error while running the task: {type(exc).__name__}"),
+            )
         finally:
             self._limiter.release_on_behalf_of(running)
             self._slot_freed.set()
@@ -383,6 +398,17 @@ class _Failure(Outcome):
 
     traceback: str | None = None
     exception: BaseException | None = None
+
+
+def _seconds_between(earlier: datetime | None, later: datetime | None) -> float | None:
+    # Rows written by other code may hold values this arithmetic cannot take (infinities come
+    # back as naive sentinels); a metric must never be what stops a task.
+    if earlier is None or later is None:
+        return None
+    try:
+        return (later - earlier).total_seconds()
+    except (TypeError, OverflowError):
+        return None
 
 
 def _traceback(exc: BaseException) -> str:

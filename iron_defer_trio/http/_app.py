@@ -212,7 +212,9 @@ def create_app(
     async def authenticate() -> Response | None:
         if token is None or request.path in public:
             return None
-        header = request.headers.get("Authorization", "")
+        headers = request.headers.getlist("Authorization")
+        # Several Authorization headers are ambiguous (proxies disagree on which one wins).
+        header = headers[0] if len(headers) == 1 else ""
         scheme, _, given = header.partition(" ")
         expected = token.get_secret_value().encode()
         # Constant-time compare: the answer must not leak how much of the token matched.

@@ -4,8 +4,9 @@ a wire model; errors are raised (ApiError, IronDeferError) and rendered in one p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import trio
@@ -87,15 +88,27 @@ async def _json_body() -> Any:
     if isinstance(raw, str):  # the overloads allow it; as_text=False never returns one
         raw = raw.encode()
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError:
         raise ApiError("MALFORMED_JSON", "the body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError("MALFORMED_JSON", "the body is nested too deeply") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise ApiError("MALFORMED_JSON", f"the body is not valid JSON: {exc}") from None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to infinity, which JSON cannot carry back out: it would be stored as null.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _task_id(raw: str) -> UUID:
@@ -105,12 +118,16 @@ def _task_id(raw: str) -> UUID:
         raise ApiError("INVALID_TASK_ID", f"{raw[:64]!r} is not a task id (a UUID)") from None
 
 
+#: A filter value: text without NUL (PostgreSQL text cannot hold one), bounded like the columns.
+_Filter = Annotated[str, Field(max_length=255, pattern=r"^[^\x00]*$")]
+
+
 class ListQuery(WireModel):
     """Query string of GET /tasks."""
 
-    queue: str | None = None
+    queue: _Filter | None = None
     status: TaskStatus | None = None
-    kind: str | None = None
+    kind: _Filter | None = None
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     cursor: UUID | None = None
 

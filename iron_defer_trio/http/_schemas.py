@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StrictInt
 from pydantic.alias_generators import to_camel
 
 from iron_defer_trio.domain import QueueStatistics, TaskRecord, TaskStatus
@@ -92,10 +92,11 @@ class CreateTask(WireModel):
     payload: JsonValue
     #: Default: the class's QUEUE, else "default".
     queue: str | None = None
-    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    # Strict: JSON integers only (true or "5" are refused rather than read as 1 and 5).
+    priority: StrictInt | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     #: RFC 3339 with a timezone; default now.
     scheduled_at: AwareDatetime | None = None
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    max_attempts: StrictInt | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
 
 
 class QueueOut(WireModel):

@@ -10,7 +10,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+import pydantic
 import pytest
+import structlog
 import trio
 import trio.lowlevel
 
@@ -338,3 +340,42 @@ async def test_engine_refuses_calls_after_it_stopped(open_test_engine: EngineFac
 
 def _far_future() -> datetime:
     return datetime.now(UTC) + timedelta(days=1)
+
+
+class Explosive(iron_defer.Task):
+    """Its class raises something other than a validation error while being built."""
+
+    KIND: ClassVar[str] = "explosive"
+    armed: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _explode(self) -> Explosive:
+        if self.armed and Explosive.ready_to_blow:
+            raise RuntimeError("exploded while loading the payload")
+        return self
+
+    ready_to_blow: ClassVar[bool] = False
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        return None
+
+
+async def test_an_unexpected_error_around_one_task_fails_it_not_the_engine(
+    open_test_engine: EngineFactory,
+) -> None:
+    """A failure outside the handler's own code (here: loading the payload raises a
+    RuntimeError) fails that task with an internal error; the engine keeps running."""
+    Explosive.ready_to_blow = False
+    with trio.fail_after(15), structlog.testing.capture_logs() as logs:
+        async with open_test_engine(tasks=[Explosive, Record]) as engine:
+            bomb = await engine.enqueue(Explosive(armed=True))
+            Explosive.ready_to_blow = True
+            await engine.wait_until_idle()
+            after = await engine.enqueue(Record(label="still working"))
+            await engine.wait_until_idle()
+            failed = await engine.get(bomb.id)
+            fine = await engine.get(after.id)
+    assert failed.status == "failed"
+    assert failed.last_error == "internal error while running the task: RuntimeError"
+    assert fine.status == "completed"
+    assert any(e["event"] == "task_internal_error" for e in logs)

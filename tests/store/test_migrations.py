@@ -50,6 +50,7 @@ EXPECTED_CHECKS = {
     "tasks_finished_iff_final",
     "tasks_last_error_bounded",
     "tasks_traceparent_format",
+    "tasks_scheduled_at_finite",
 }
 
 

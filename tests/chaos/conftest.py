@@ -12,7 +12,7 @@ from tests.chaos import ledger
 from tests.chaos.tasks import ChaosWork
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 
 @pytest.fixture
@@ -37,3 +37,15 @@ def enqueue(dsn: str, tasks: Sequence[ChaosWork], *, batch: int = 500) -> list[s
         return ids
 
     return trio.run(go)
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print a scenario's evidence line even when pytest captures output, so CI logs show
+    the counts (tasks, kills, duplicates, lost, recovery seconds)."""
+
+    def emit(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n[chaos] {line}", flush=True)
+
+    return emit

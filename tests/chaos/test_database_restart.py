@@ -23,6 +23,8 @@ from tests.chaos.fleet import Fleet, wait_for
 from tests.chaos.tasks import ChaosWork
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from iron_defer_trio.store._cluster import PrivateCluster
 
 TASKS = 1000
@@ -40,7 +42,7 @@ def _enqueue_during_outage(dsn: str) -> str:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["stop-5s", "sigkill"])
 def test_engines_ride_out_a_database_outage_without_loss(
-    private_cluster: PrivateCluster, ledger_url: str, crash: bool
+    report: Callable[[str], None], private_cluster: PrivateCluster, ledger_url: str, crash: bool
 ) -> None:
     """Stop (or SIGKILL) PostgreSQL mid-drain: every task completes, the same processes
     carry on, and enqueues during the outage fail cleanly with nothing written."""
@@ -103,8 +105,8 @@ def test_engines_ride_out_a_database_outage_without_loss(
     duplicates = sum(1 for executions in runs.values() if len(executions) > 1)
     assert outage_logs >= 2  # both engines noticed
     assert recovered_logs >= 2
-    print(
-        f"\ndatabase {'sigkill' if crash else 'stop'}: tasks={TASKS} engines=2 "
+    report(
+        f"database {'sigkill' if crash else 'stop'}: tasks={TASKS} engines=2 "
         f"outage_s={OUTAGE} executions={sum(len(r) for r in runs.values())} "
         f"duplicates={duplicates} lost={TASKS - len(runs)} resumed_all_in_s={resumed_in:.1f} "
         f"failed_enqueue={error!r}"

@@ -17,6 +17,7 @@ from tests import pg
 from tests.e2e.serving import base_env, start_server, wait_for, write_tasks_module
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 SHUTDOWN_TIMEOUT = 3.0
@@ -25,7 +26,7 @@ MARGIN = 2.0
 
 
 def test_sigterm_under_load_exits_zero_and_leaves_nothing_running(
-    database_url: str, tmp_path: Path
+    report: Callable[[str], None], database_url: str, tmp_path: Path
 ) -> None:
     """SIGTERM while 300 short and 4 long tasks are queued or running."""
     rng = random.Random(3)
@@ -81,8 +82,8 @@ def test_sigterm_under_load_exits_zero_and_leaves_nothing_running(
     assert [(r["status"], r["attempts"], r["claimed_by"]) for r in long_rows] == [
         ("pending", 0, None)
     ] * 4
-    print(
-        f"\ngraceful stop: tasks=304 completed={statuses.get('completed', 0)} "
+    report(
+        f"graceful stop: tasks=304 completed={statuses.get('completed', 0)} "
         f"pending={statuses.get('pending', 0)} running=0 exit={code} "
         f"stopped_in_s={took:.2f} (shutdown_timeout={SHUTDOWN_TIMEOUT})"
     )

@@ -7,6 +7,11 @@ no task is dropped, and throughput is back to normal once the pressure is gone.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 from typing import ClassVar
 
 import structlog
@@ -56,7 +61,9 @@ def _max_waiting(reader: InMemoryMetricReader) -> float:
     return max(values, default=0.0)
 
 
-async def test_pool_exhaustion_warns_counts_drops_nothing_and_recovers(database_url: str) -> None:
+async def test_pool_exhaustion_warns_counts_drops_nothing_and_recovers(
+    report: Callable[[str], None], database_url: str
+) -> None:
     """40 slots on 2 connections under database-heavy handlers."""
     settings = fast_settings(database_url).model_copy(
         update={
@@ -105,8 +112,8 @@ async def test_pool_exhaustion_warns_counts_drops_nothing_and_recovers(database_
     assert warnings[0]["max_connections"] == CONNECTIONS
     assert peak_waiting >= 1, "the waiting gauge never showed a queue for connections"
     assert after >= before * 0.5, (before, after)
-    print(
-        f"\npool exhaustion: slots={CONCURRENCY} connections={CONNECTIONS} tasks={completed} "
+    report(
+        f"pool exhaustion: slots={CONCURRENCY} connections={CONNECTIONS} tasks={completed} "
         f"dropped=0 warnings={len(warnings)} peak_waiting={peak_waiting:.0f} "
         f"tasks_per_s before={before:.0f} under_pressure={under_pressure:.0f} after={after:.0f}"
     )

@@ -3,6 +3,11 @@ injected. Proves zero duplicates: every task ran exactly once."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 import time
 
 from tests import pg
@@ -16,7 +21,7 @@ ENGINES = 4
 
 
 def test_four_engines_run_ten_thousand_tasks_exactly_once(
-    database_url: str, ledger_url: str
+    report: Callable[[str], None], database_url: str, ledger_url: str
 ) -> None:
     """No faults: 10,000 executions for 10,000 tasks, every engine took part."""
     enqueue(database_url, [ChaosWork(n=n) for n in range(TASKS)])
@@ -46,8 +51,8 @@ def test_four_engines_run_ten_thousand_tasks_exactly_once(
     assert sorted(runs) == list(range(TASKS))
     assert duplicates == {}
     assert len(per_engine) == ENGINES
-    print(
-        f"\nscale-out: tasks={TASKS} engines={ENGINES} "
+    report(
+        f"scale-out: tasks={TASKS} engines={ENGINES} "
         f"executions={sum(len(r) for r in runs.values())} duplicates=0 lost=0 "
         f"per_engine={sorted(r['n'] for r in per_engine)} drained_in_s={took:.1f} "
         f"({TASKS / took:.0f} tasks/s with ledger writes)"

@@ -8,6 +8,11 @@ lease + sweeper interval of the kill.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 import random
 import time
 from datetime import datetime
@@ -25,7 +30,7 @@ LEASE, SWEEP = 2.0, 0.5
 
 
 def test_sigkilled_workers_lose_nothing_and_rerun_only_what_they_held(
-    database_url: str, ledger_url: str
+    report: Callable[[str], None], database_url: str, ledger_url: str
 ) -> None:
     """SIGKILL at random moments: zero lost, reruns only for tasks in flight on a killed
     engine, recovery within lease + sweeper interval."""
@@ -94,8 +99,8 @@ def test_sigkilled_workers_lose_nothing_and_rerun_only_what_they_held(
     assert recovery_times, "no killed engine held a task (no recovery to measure)"
     assert max(recovery_times) <= LEASE + SWEEP * 1.1 + 0.5, recovery_times
     lost = TASKS - len(runs)
-    print(
-        f"\nworker kills: tasks={TASKS} engines={ENGINES} kills={len(kills)} "
+    report(
+        f"worker kills: tasks={TASKS} engines={ENGINES} kills={len(kills)} "
         f"executions={sum(len(r) for r in runs.values())} duplicates={len(duplicates)} "
         f"lost={lost} recoveries={len(recovery_times)} "
         f"recovery_s_max={max(recovery_times):.2f} "

@@ -1,18 +1,15 @@
 """The TaskStore on PostgreSQL through asyncpg.
 
-Each public method is a trio coroutine that crosses the bridge once; the asyncio-side
-functions below (prefixed ``_aio_``) do the whole unit of work on their side: acquire a pooled
-connection, run the named statement, release.
+Each public method is a trio coroutine that takes a connection from the trio-side pool
+(:mod:`iron_defer_trio.store._pool`) and crosses the bridge once: the asyncio-side functions
+below (prefixed ``_aio_``) run the whole unit of work on that connection.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, TypeVarTuple
 
 import asyncpg
 import trio
@@ -29,6 +26,7 @@ from iron_defer_trio.observability import Logger, default_logger
 from iron_defer_trio.store._bridge import Bridge, open_bridge
 from iron_defer_trio.store._ids import uuid7
 from iron_defer_trio.store._migrate import MigrationReport, apply_migrations, load_migrations
+from iron_defer_trio.store._pool import ConnectionPool
 from iron_defer_trio.store._queries import TASKS
 from iron_defer_trio.store.protocol import (
     CancelResult,
@@ -39,7 +37,7 @@ from iron_defer_trio.store.protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -50,110 +48,30 @@ CHANNEL = "iron_defer"
 #: Notifications waiting for the engine. They are only wake-ups (the poll catches up), so
 #: when the engine falls this far behind, dropping more is harmless.
 _NOTIFY_BUFFER = 1024
-#: Time allowed to close the pool or a listener when the block exits, even if cancelled.
+#: Time allowed to close a listener when the block exits, even if cancelled.
 _CLOSE_TIMEOUT = 5.0
-#: At most one pool_saturated warning per this many seconds, however long it lasts.
-SATURATION_WARNING_INTERVAL = 30.0
 
-# asyncpg's classes are generic only in its stubs, so the aliases are strings.
-_Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# asyncpg's classes are generic only in its stubs, so the alias is a string.
 _Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
-_Proxy: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
 # --- asyncio side -------------------------------------------------------------------------
 
 
-async def _init_connection(conn: _Conn) -> None:
-    # jsonb comes back as Python objects; parameters are sent as text and cast in SQL.
-    await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
-    )
+async def _aio_fetch(conn: _Conn, sql: str, args: Sequence[Any]) -> list[Any]:
+    rows: list[Any] = await conn.fetch(sql, *args)
+    return rows
 
 
-async def _keep_session(conn: _Conn) -> None:
-    # The default reset (UNLISTEN *, RESET ALL, advisory unlock ...) costs a round trip per
-    # release; our pooled sessions never change session state, so there is nothing to undo.
-    return None
-
-
-async def _aio_create_pool(settings: DatabaseSettings, dsn: str) -> _Pool:
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=1,
-        max_size=settings.max_connections,
-        timeout=settings.connect_timeout,
-        command_timeout=settings.command_timeout,
-        max_inactive_connection_lifetime=300.0,
-        init=_init_connection,
-        reset=_keep_session,
-        server_settings={"application_name": "iron-defer-trio"},
-    )
-    assert pool is not None  # create_pool only returns None when awaited without init
-    return pool
-
-
-class _PoolWatch:
-    """The pool, plus a count of calls waiting for a connection and a warning when waits get
-    long (more work than connections: pool exhaustion)."""
-
-    def __init__(self, pool: _Pool, acquire_timeout: float, warn_after: float, log: Logger) -> None:
-        self.pool = pool
-        self.acquire_timeout = acquire_timeout
-        self.warn_after = warn_after
-        self.waiting = 0
-        self._log = log
-        self._last_warning = -math.inf
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[_Proxy]:
-        """(asyncio side) A pooled connection for the block."""
-        started = time.monotonic()
-        self.waiting += 1
-        acquired = False
-        try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                acquired = True
-                self.waiting -= 1
-                waited = time.monotonic() - started
-                if waited >= self.warn_after:
-                    self._saturated(waited)
-                yield conn
-        finally:
-            if not acquired:
-                self.waiting -= 1
-
-    def _saturated(self, waited: float) -> None:
-        now = time.monotonic()
-        if now - self._last_warning < SATURATION_WARNING_INTERVAL:
-            return
-        self._last_warning = now
-        self._log.warning(
-            "pool_saturated",
-            waited_seconds=round(waited, 3),
-            waiting=self.waiting,
-            max_connections=self.pool.get_max_size(),
-            advice="raise database.max_connections or lower queue concurrency",
-        )
-
-
-async def _aio_fetch(watch: _PoolWatch, sql: str, args: Sequence[Any]) -> list[Any]:
-    async with watch.connection() as conn:
-        rows: list[Any] = await conn.fetch(sql, *args)
-        return rows
-
-
-async def _aio_cancel(watch: _PoolWatch, task_id: UUID) -> tuple[Any, Any]:
-    async with watch.connection() as conn:
-        row = await conn.fetchrow(TASKS["cancel_pending"], task_id)
-        if row is not None:
-            return row, None
-        # Not pending (or absent): read what it is now, after the refused change.
-        return None, await conn.fetchrow(TASKS["get"], task_id)
-
-
-async def _aio_close_pool(pool: _Pool) -> None:
-    await pool.close()
+async def _aio_cancel(conn: _Conn, task_id: UUID) -> tuple[Any, Any]:
+    row = await conn.fetchrow(TASKS["cancel_pending"], task_id)
+    if row is not None:
+        return row, None
+    # Not pending (or absent): read what it is now, after the refused change.
+    return None, await conn.fetchrow(TASKS["get"], task_id)
 
 
 async def _aio_listen(
@@ -187,28 +105,26 @@ async def _aio_close_conn(conn: _Conn) -> None:
 # --- rows to domain -----------------------------------------------------------------------
 
 
+#: TaskRecord's fields, all of them columns of iron_defer.tasks.
+_RECORD_FIELDS = tuple(TaskRecord.model_fields)
+# _record fills a TaskRecord's instance dict directly (pydantic's model_construct does the same
+# plus per-field default handling, 3-4x slower). That is only sound while the model has no
+# private attributes, post-init hook or extra fields: fail at import if one appears.
+assert not TaskRecord.__private_attributes__ and TaskRecord.__pydantic_post_init__ is None
+assert TaskRecord.model_config.get("extra") in (None, "ignore")
+
+
 def _record(row: Any) -> TaskRecord:
-    # The schema's types and CHECK constraints already guarantee every field, so skip
-    # re-validation on this hot path.
-    return TaskRecord.model_construct(
-        id=row["id"],
-        queue=row["queue"],
-        kind=row["kind"],
-        payload=row["payload"],
-        status=TaskStatus(row["status"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        last_error=row["last_error"],
-        scheduled_at=row["scheduled_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        claimed_by=row["claimed_by"],
-        claimed_until=row["claimed_until"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        traceparent=row["traceparent"],
-    )
+    """A row of iron_defer.tasks as a TaskRecord, without re-validation: the schema's types
+    and CHECK constraints already guarantee every field, and claims build one per task."""
+    values = {name: row[name] for name in _RECORD_FIELDS}
+    values["status"] = TaskStatus(values["status"])
+    record = TaskRecord.__new__(TaskRecord)
+    object.__setattr__(record, "__dict__", values)
+    object.__setattr__(record, "__pydantic_fields_set__", set(_RECORD_FIELDS))
+    object.__setattr__(record, "__pydantic_extra__", None)
+    object.__setattr__(record, "__pydantic_private__", None)
+    return record
 
 
 _OUTCOME_STATUS = {
@@ -240,38 +156,25 @@ class PostgresStore:
     :func:`open_postgres_store`."""
 
     def __init__(
-        self,
-        bridge: Bridge,
-        pool: _Pool,
-        settings: DatabaseSettings,
-        dsn: str,
-        *,
-        log: Logger | None = None,
+        self, bridge: Bridge, pool: ConnectionPool, settings: DatabaseSettings, dsn: str
     ) -> None:
         self._bridge = bridge
         self._pool = pool
         self._settings = settings
         self._dsn = dsn
-        # Waiting for a pooled connection is normal under load; only a statement-length wait
-        # means the database is stuck.
-        self._watch = _PoolWatch(
-            pool, settings.command_timeout, settings.pool_wait_warning, log or default_logger()
-        )
+
+    async def _run(self, fn: Callable[[_Conn, *Ts], Awaitable[T]], *args: *Ts) -> T:
+        """One unit of work: a pooled connection, one bridge crossing running ``fn(conn,
+        *args)`` on the asyncio side, the connection back."""
+        async with self._pool.connection() as conn:
+            return await self._bridge.call(fn, conn, *args)
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        return await self._bridge.call(_aio_fetch, self._watch, TASKS[query], args)
+        return await self._run(_aio_fetch, TASKS[query], args)
 
     def pool_statistics(self) -> PoolStatistics:
         """The pool's size, idle and busy connections and waiting calls (from memory)."""
-        size = self._pool.get_size()
-        idle = self._pool.get_idle_size()
-        return PoolStatistics(
-            size=size,
-            idle=idle,
-            in_use=size - idle,
-            waiting=self._watch.waiting,
-            max_size=self._pool.get_max_size(),
-        )
+        return self._pool.statistics()
 
     async def active_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
@@ -286,6 +189,20 @@ class PostgresStore:
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskRecord]:
         if not tasks:
             return []
+        if len(tasks) == 1:
+            (task,) = tasks
+            rows = await self._fetch(
+                "enqueue_one",
+                uuid7(),
+                task.queue,
+                task.kind,
+                task.payload_json,
+                task.priority,
+                task.max_attempts,
+                task.scheduled_at,
+                task.traceparent,
+            )
+            return [_record(rows[0])]
         rows = await self._fetch(
             "enqueue",
             [uuid7() for _ in tasks],
@@ -318,7 +235,7 @@ class PostgresStore:
         return [_record(row) for row in rows]
 
     async def cancel(self, task_id: UUID) -> CancelResult:
-        cancelled, current = await self._bridge.call(_aio_cancel, self._watch, task_id)
+        cancelled, current = await self._run(_aio_cancel, task_id)
         if cancelled is not None:
             return CancelResult(cancelled=_record(cancelled), current=None)
         return CancelResult(cancelled=None, current=None if current is None else _record(current))
@@ -451,14 +368,8 @@ class PostgresStore:
                 conn.terminate()
 
     async def aclose(self) -> None:
-        """Close the pool; waits for in-use connections up to a few seconds, then drops them."""
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT) as scope:
-            try:
-                await self._bridge.call(_aio_close_pool, self._pool)
-            except Exception:
-                self._pool.terminate()
-        if scope.cancelled_caught:
-            self._pool.terminate()
+        """Close the pool's connections."""
+        await self._pool.aclose()
 
 
 async def _aio_migrate(dsn: str, connect_timeout: float) -> MigrationReport:
@@ -481,12 +392,12 @@ async def open_postgres_store(
         raise ConfigError("database.url is not set (or set DATABASE_URL)")
     dsn = settings.url.get_secret_value()
     async with open_bridge() as bridge:
-        pool = await bridge.call(_aio_create_pool, settings, dsn)
-        store = PostgresStore(bridge, pool, settings, dsn, log=log)
+        pool = ConnectionPool(bridge, dsn, settings, log or default_logger())
         try:
-            yield store
+            await pool.open()
+            yield PostgresStore(bridge, pool, settings, dsn)
         finally:
-            await store.aclose()
+            await pool.aclose()
 
 
 async def migrate(settings: DatabaseSettings) -> MigrationReport:

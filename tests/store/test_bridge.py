@@ -1,11 +1,11 @@
 """The trio-asyncio bridge: cancellation reaches the server, connections go back to the
 pool, and every driver or socket failure comes out as the StoreError family.
 
-Rules: a trio cancel scope around a store call cancels the statement server-side and returns
-its connection to the pool (checked with a pool of 2, so one leaked connection per round
-would exhaust it); errors are StoreError (the statement was refused) or StoreUnavailable (the
-database could not be reached or answer), chained ``from`` the driver's exception. Waiting
-is on conditions polled under an absolute ``trio.fail_after``, never a bare sleep.
+Rules: a trio cancel scope around a store call cancels the statement server-side and frees
+its pool slot (checked with a pool of 2, so one leaked slot per round would exhaust it);
+errors are StoreError (the statement was refused) or StoreUnavailable (the database could
+not be reached or answer), chained ``from`` the driver's exception. Waiting is on conditions
+polled under an absolute ``trio.fail_after``, never a bare sleep.
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ ACTIVE = (
 )
 
 
-async def _aio_sleep(pool: Any, seconds: float) -> None:
+async def _aio_sleep(conn: Any, seconds: float) -> None:
     """(asyncio side) Hold a pooled connection in a slow statement."""
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_sleep($1::float8) /* bridge test */", seconds)
+    await conn.execute("SELECT pg_sleep($1::float8) /* bridge test */", seconds)
 
 
-async def _aio_fetchval(pool: Any, sql: str) -> Any:
-    async with pool.acquire() as conn:
-        return await conn.fetchval(sql)
+async def _aio_fetchval(conn: Any, sql: str) -> Any:
+    return await conn.fetchval(sql)
 
 
 async def test_cancelling_a_slow_statement_cancels_it_and_frees_the_connection(
@@ -59,7 +57,7 @@ async def test_cancelling_a_slow_statement_cancels_it_and_frees_the_connection(
             for _ in range(5):
                 started = trio.current_time()
                 with trio.move_on_after(0.3) as scope:
-                    await store._bridge.call(_aio_sleep, store._pool, 10.0)
+                    await store._run(_aio_sleep, 10.0)
                 assert scope.cancelled_caught
                 assert trio.current_time() - started < 2
                 with trio.fail_after(5):
@@ -170,7 +168,7 @@ async def test_a_refused_statement_is_a_store_error_chained_from_the_driver(
         ) as store:
             for _ in range(3):
                 with pytest.raises(StoreError) as caught:
-                    await store._bridge.call(_aio_fetchval, store._pool, "SELECT 1 / 0")
+                    await store._run(_aio_fetchval, "SELECT 1 / 0")
                 assert type(caught.value) is StoreError
                 assert caught.value.sqlstate == "22012"
                 assert isinstance(caught.value.__cause__, asyncpg.exceptions.DivisionByZeroError)
@@ -187,7 +185,7 @@ async def test_connection_killed_mid_statement_is_store_unavailable_then_the_poo
 
     async def victim(store: Any) -> None:
         try:
-            await store._bridge.call(_aio_sleep, store._pool, 10.0)
+            await store._run(_aio_sleep, 10.0)
         except StoreError as exc:
             errors.append(exc)
 

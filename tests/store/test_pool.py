@@ -12,12 +12,11 @@ from iron_defer_trio.config import DatabaseSettings
 from iron_defer_trio.store import open_postgres_store
 
 if TYPE_CHECKING:
-    from iron_defer_trio.store._postgres import _PoolWatch
+    import asyncpg
 
 
-async def _aio_hold(watch: _PoolWatch, seconds: float) -> None:
-    async with watch.connection() as conn:
-        await conn.execute("SELECT pg_sleep($1)", seconds)
+async def _aio_hold(conn: asyncpg.Connection[asyncpg.Record], seconds: float) -> None:
+    await conn.execute("SELECT pg_sleep($1)", seconds)
 
 
 async def test_waiting_calls_are_counted_and_a_long_wait_is_logged(database_url: str) -> None:
@@ -28,7 +27,7 @@ async def test_waiting_calls_are_counted_and_a_long_wait_is_logged(database_url:
     with trio.fail_after(20), structlog.testing.capture_logs() as logs:
         async with open_postgres_store(settings) as store, trio.open_nursery() as nursery:
             for _ in range(2):
-                nursery.start_soon(store._bridge.call, _aio_hold, store._watch, 1.5)
+                nursery.start_soon(store._run, _aio_hold, 1.5)
             while store.pool_statistics().in_use < 2:
                 await trio.sleep(0.01)
             nursery.start_soon(store.get, uuid.uuid4())

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from iron_defer_trio.config import DatabaseSettings
-from iron_defer_trio.domain import TaskStatus
+from iron_defer_trio.domain import TaskRecord, TaskStatus
 from iron_defer_trio.errors import StoreError, StoreUnavailable
 from iron_defer_trio.store import open_postgres_store
 from iron_defer_trio.store.protocol import Outcome, OutcomeKind
@@ -175,6 +175,36 @@ async def test_get_reads_the_current_row(database_url: str, db: Db) -> None:
     assert fetched.id == record.id
     assert fetched.priority == 42
     assert fetched.created_at == record.created_at
+
+
+async def test_records_read_back_equal_a_validated_model_of_the_same_row(
+    database_url: str, db: Db
+) -> None:
+    """The store builds records from rows without re-validating them (a claim builds one per
+    task); the result must be indistinguishable from validating the row: same fields, same
+    types, same JSON, usable with model_copy."""
+    with trio.fail_after(10):
+        async with open_postgres_store(DatabaseSettings(url=database_url)) as store:
+            [record] = await store.enqueue([new_task(payload={"n": [1, "é", None]})])
+            await db.execute(
+                "UPDATE iron_defer.tasks SET status = 'running', attempts = 1, "
+                "claimed_by = gen_random_uuid(), claimed_until = now() + interval '1 minute', "
+                "started_at = now(), last_error = 'boom', "
+                "traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' "
+                "WHERE id = $1",
+                record.id,
+            )
+            fetched = await store.get(record.id)
+        stored = dict(await row(db, record.id))
+    stored["payload"] = json.loads(stored["payload"])
+    validated = TaskRecord.model_validate(stored)
+    assert fetched == validated
+    assert fetched.model_dump_json() == validated.model_dump_json()
+    assert {name: type(value) for name, value in fetched} == {
+        name: type(value) for name, value in validated
+    }
+    assert fetched.status is TaskStatus.RUNNING
+    assert fetched.model_copy(update={"attempts": 2}).attempts == 2
 
 
 # --- constraint errors through the store --------------------------------------------------

@@ -20,6 +20,22 @@ SELECT inserted.*, (SELECT count(*) FROM woken) AS woken_queues
 FROM inserted
 ORDER BY inserted.id;
 
+-- name: enqueue_one
+-- Insert one task (the common case, cheaper than the array form); wake its queue's workers
+-- on commit when it is due.
+-- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent
+WITH inserted AS (
+    INSERT INTO iron_defer.tasks
+        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
+    VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8)
+    RETURNING *
+)
+SELECT inserted.*,
+       CASE WHEN inserted.scheduled_at <= now()
+           THEN pg_notify('iron_defer', inserted.queue)
+       END AS woken
+FROM inserted;
+
 -- name: get
 -- One task by id.
 -- params: $1 id
@@ -48,7 +64,16 @@ RETURNING *;
 -- name: claim
 -- Lease up to $4 due pending tasks of one queue (kinds in $3) to worker $2 for $5 seconds.
 -- params: $1 queue, $2 worker id, $3 kinds text[], $4 limit, $5 lease seconds, $6 now (NULL: database clock)
-WITH picked AS (
+-- The picked ids go through an array so the update is primary-key lookups whatever the
+-- planner thinks of the table's size (a join here was planned as a scan of the whole table).
+UPDATE iron_defer.tasks AS t
+SET status = 'running',
+    attempts = t.attempts + 1,
+    claimed_by = $2,
+    claimed_until = coalesce($6::timestamptz, now()) + make_interval(secs => $5::float8),
+    started_at = coalesce($6::timestamptz, now()),
+    updated_at = coalesce($6::timestamptz, now())
+WHERE t.id = ANY(ARRAY(
     SELECT id
     FROM iron_defer.tasks
     WHERE queue = $1
@@ -58,35 +83,46 @@ WITH picked AS (
     ORDER BY priority DESC, scheduled_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED
-)
-UPDATE iron_defer.tasks AS t
-SET status = 'running',
-    attempts = t.attempts + 1,
-    claimed_by = $2,
-    claimed_until = coalesce($6::timestamptz, now()) + make_interval(secs => $5::float8),
-    started_at = coalesce($6::timestamptz, now()),
-    updated_at = coalesce($6::timestamptz, now())
-FROM picked
-WHERE t.id = picked.id
+))
 RETURNING t.*;
 
 -- name: heartbeat
 -- Extend the leases of the listed tasks still running under this worker; report the
 -- attempt each is at, so a stale local attempt can tell it lost its lease.
 -- params: $1 worker id, $2 task ids uuid[], $3 lease seconds, $4 now (NULL: database clock)
+-- "claimed_by = $1" is the running check (CHECK tasks_lease_iff_running): spelling out
+-- status = 'running' would let a cached generic plan scan the partial running index for
+-- each id instead of looking ids up in the primary key (see finish).
 UPDATE iron_defer.tasks
 SET claimed_until = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
-WHERE id = ANY($2::uuid[]) AND status = 'running' AND claimed_by = $1
+WHERE id = ANY($2::uuid[]) AND claimed_by = $1
 RETURNING id, attempts;
 
 -- name: finish
--- Apply attempt outcomes, each fenced on (running, this worker, same attempt); wake queues
+-- Apply attempt outcomes, each fenced on (running under this worker, same attempt); wake queues
 -- that got a task back that is due now.
 -- params: $1 worker id, $2 ids uuid[], $3 attempts int4[], $4 new statuses text[], $5 errors text[], $6 retry delays float8[], $7 released bool[], $8 now (NULL: database clock)
+-- The fence locks each outcome's row through a lateral primary-key lookup, in id order (so two
+-- statements on the same rows cannot deadlock), and only then updates the locked rows by id.
+-- A plain join let the planner, trusting statistics taken when no task was running (or a
+-- generic plan's guess of 10 outcomes), rescan the outcome list once per candidate row:
+-- quadratic, ~1 s per batch of 500 during a fast drain. claimed_by = $1 is the running check
+-- (CHECK tasks_lease_iff_running).
 WITH outcome AS (
     SELECT *
     FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::float8[], $7::bool[])
         AS o(id, attempt, status, error, delay, released)
+    ORDER BY id
+),
+fenced AS MATERIALIZED (
+    SELECT o.*
+    FROM outcome AS o
+    CROSS JOIN LATERAL (
+        SELECT 1
+        FROM iron_defer.tasks AS cur
+        WHERE cur.id = o.id AND cur.claimed_by = $1 AND cur.attempts = o.attempt
+        FOR UPDATE
+    ) AS locked
 ),
 updated AS (
     UPDATE iron_defer.tasks AS t
@@ -105,11 +141,8 @@ updated AS (
             ELSE coalesce($8::timestamptz, now())
         END,
         updated_at = coalesce($8::timestamptz, now())
-    FROM outcome AS o
+    FROM fenced AS o
     WHERE t.id = o.id
-      AND t.status = 'running'
-      AND t.claimed_by = $1
-      AND t.attempts = o.attempt
     RETURNING t.id, t.queue, t.status, t.scheduled_at
 ),
 woken AS (
@@ -230,6 +263,6 @@ woken AS (
 SELECT count(*) AS moved, (SELECT count(*) FROM woken) AS woken_queues FROM moved;
 
 -- name: ping
--- Round trip on a connection (health of the LISTEN session).
+-- Round trip on a connection: health of the LISTEN session; settling a pooled connection after a cancel.
 -- params: none
 SELECT 1;

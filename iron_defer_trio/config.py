@@ -162,6 +162,11 @@ class WorkerSettings(_Section):
     max_delay: Seconds = Field(default=1800.0, ge=0)
     #: Attempts before a task fails for good, unless the task class or enqueue says otherwise.
     max_attempts: Integer = Field(default=3, ge=1, le=1000)
+    #: Most claimed tasks a queue may hold waiting for a free slot (fetch-ahead), so that
+    #: short tasks are claimed in large batches. Only what the slots will start within about
+    #: 50 ms, at the pace tasks finish, is fetched ahead: slow tasks are never hoarded away
+    #: from other engines. 0 claims only for free slots.
+    prefetch: Integer = Field(default=100, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:

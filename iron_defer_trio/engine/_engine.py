@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,7 +59,7 @@ from iron_defer_trio.errors import (
     TaskNotFound,
 )
 from iron_defer_trio.observability import tracing
-from iron_defer_trio.observability.logs import Logger, default_logger
+from iron_defer_trio.observability.logs import Logger, debug_enabled, default_logger
 from iron_defer_trio.observability.metrics import Metrics, metrics_for
 
 if TYPE_CHECKING:
@@ -616,9 +617,12 @@ class Engine:
             if traceparent is not None:
                 tasks = [t.model_copy(update={"traceparent": traceparent}) for t in tasks]
             records = await self._store.enqueue(tasks)
+        for (queue, kind), count in Counter((r.queue, r.kind) for r in records).items():
+            self._metrics.tasks_enqueued.add(count, {"queue": queue, "kind": kind})
+        if not debug_enabled(self._log):
+            return records
         for record in records:
-            self._metrics.tasks_enqueued.add(1, {"queue": record.queue, "kind": record.kind})
-            self._log.info(
+            self._log.debug(
                 "task_enqueued",
                 task_id=str(record.id),
                 queue=record.queue,

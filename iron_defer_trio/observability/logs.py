@@ -25,6 +25,13 @@ def default_logger() -> Logger:
     return logger
 
 
+def debug_enabled(log: Logger) -> bool:
+    """Whether ``log`` emits debug events (True when it cannot tell). Lets hot paths skip
+    building the fields of per-task debug events nobody will see."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
 #: A password in a URL's user info (``scheme://user:password@host``).
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^@\s/]*@")
 #: ``password=...`` in a DSN query or a libpq key=value string.

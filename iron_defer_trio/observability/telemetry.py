@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -33,7 +34,8 @@ class Telemetry:
     """Providers and the Prometheus registry of one server."""
 
     meter_provider: MeterProvider
-    tracer_provider: TracerProvider
+    #: The SDK's provider when traces are exported (OTLP), else the API's no-op provider.
+    tracer_provider: trace.TracerProvider
     registry: CollectorRegistry
 
     def render(self) -> tuple[bytes, str]:
@@ -42,7 +44,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop the exporters (blocking; call it after the event loop ended)."""
-        self.tracer_provider.shutdown()
+        if isinstance(self.tracer_provider, TracerProvider):
+            self.tracer_provider.shutdown()
         self.meter_provider.shutdown(timeout_millis=SHUTDOWN_TIMEOUT_MILLIS)
 
 
@@ -61,7 +64,9 @@ def build_telemetry(settings: ObservabilitySettings) -> Telemetry:
             disable_target_info=True, scope_info_enabled=False, registry=registry
         )
     ]
-    tracer_provider = TracerProvider(resource=resource)
+    # Without an exporter, spans would be built and dropped (an SDK span costs ~20 us per
+    # attempt on the hot path): the API's no-op provider makes them free instead.
+    tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
     if settings.otlp_endpoint:
         # Imported here: the exporters load protobuf and requests, needed only when pushing.
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -74,8 +79,10 @@ def build_telemetry(settings: ObservabilitySettings) -> Telemetry:
                 export_interval_millis=settings.otlp_interval * 1000,
             )
         )
-        tracer_provider.add_span_processor(
+        sdk_tracer_provider = TracerProvider(resource=resource)
+        sdk_tracer_provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces"))
         )
+        tracer_provider = sdk_tracer_provider
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     return Telemetry(meter_provider, tracer_provider, registry)

@@ -36,7 +36,9 @@ class Plain(iron_defer.Task):
 
 
 class Chatty(iron_defer.Task):
-    """Does database work of its own through the engine: enqueues a child, reads itself."""
+    """Does database work of its own through the engine: enqueues a child, reads itself,
+    reads the queue's counts and a page of up to 1,000 tasks (a few ms of connection time,
+    so 40 slots really queue up for 2 connections)."""
 
     KIND: ClassVar[str] = "chatty"
     engine: ClassVar[iron_defer.Engine]
@@ -45,6 +47,7 @@ class Chatty(iron_defer.Task):
         await Chatty.engine.enqueue(Plain())
         await Chatty.engine.get(ctx.task_id)
         await Chatty.engine.queue_stats()
+        await Chatty.engine.list(limit=1000)
 
 
 def _max_waiting(reader: InMemoryMetricReader) -> float:

@@ -278,6 +278,8 @@ def scenario(
             IRON_DEFER__SERVER__API_TOKEN=TOKEN,
             IRON_DEFER__SERVER__MAX_BODY_BYTES="65536",
             IRON_DEFER__WORKER__SHUTDOWN_TIMEOUT="5s",
+            # Debug: the per-task events (task_enqueued, task_claimed, ...) are searched too.
+            IRON_DEFER__OBSERVABILITY__LOG_LEVEL="debug",
         )
         server = start_server(
             "--app", "e2e_tasks", "--app", "leak_tasks", cwd=app_dir, env=env, token=TOKEN
@@ -324,9 +326,10 @@ def test_the_scenario_really_exercised_every_path(scenario: Scenario) -> None:
 
 def test_the_server_log_holds_no_secret_and_no_payload(scenario: Scenario) -> None:
     """Neither the password, the token nor the payload marker is in any log line, from
-    start-up to shutdown (log_payload is off by default)."""
+    start-up to shutdown, debug events included (log_payload is off by default)."""
     log = "\n".join(scenario.server.lines)
     assert scenario.server.events("task_enqueued")
+    assert scenario.server.events("task_claimed")
     assert PASSWORD not in log
     assert TOKEN not in log
     assert MARKER not in log

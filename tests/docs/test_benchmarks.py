@@ -1,0 +1,56 @@
+"""The benchmark command of docs/benchmarks.md works from a clean checkout: run at tiny sizes
+(``--smoke``), it measures both systems and writes its table and JSON. Speed is never asserted
+here (that is what the benchmark itself reports); only that every measurement ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import pg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_command_runs_and_writes_its_results(tmp_path: Path) -> None:
+    database = pg.unique_name("iron_defer_bench_smoke")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.run",
+                "--smoke",
+                "--no-plots",
+                "--dsn",
+                pg.ADMIN_DSN,
+                "--database",
+                database,
+                "--out",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["drain"]) == {"500@10", "500@50", "500@200"}
+    for pair in results["drain"].values():
+        for side in ("iron", "raw"):
+            assert pair[side]["rate"] > 0
+            assert pair[side]["peak_rss_mib"] > 0
+    for side in ("iron", "raw"):
+        assert results["enqueue"][side]["single"] > 0 and results["enqueue"][side]["bulk"] > 0
+        assert len(results["latency_ms"][side]["samples"][0]) == 20
+    assert results["claim_ms_with_pending"]["pending"] == 2_000
+    assert results["history"]["ratio"] > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| drain 500 at concurrency 50 (tasks/s) |" in table
+    assert table in result.stdout

@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         stacks = Path(scratch) / "stacks.txt"
         command = [
-            spy, "record", "--format", "raw", "--rate", "500", "--nonblocking",
+            spy, "record", "--format", "raw", "--rate", "500", "--nonblocking", "--full-filenames",
             "--output", str(stacks), "--",
             sys.executable, "-m", "benchmarks.worker", "iron", "drain", dsn,
             "--total", str(args.total), "--concurrency", str(args.concurrency),
@@ -78,15 +78,16 @@ def summarise(collapsed: str, concurrency: int, total: int) -> str:
     py-spy's collapsed stacks (``frame;frame;... count`` per line)."""
     by_layer: Counter[str] = Counter()
     by_leaf: Counter[str] = Counter()
-    samples = 0
+    samples = start_up = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if "trio/_core/_run.py" not in stack:
+            start_up += count  # imports and set-up before trio.run: not the drain
+            continue
         frames = stack.split(";")
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
         samples += count
         by_layer[_layer(frames)] += count
         by_leaf[_short(frames[-1])] += count
@@ -94,7 +95,8 @@ def summarise(collapsed: str, concurrency: int, total: int) -> str:
         return "no samples (could py-spy trace the worker?)"
     lines = [
         f"py-spy profile of one iron drain: {total:,} no-op tasks at concurrency {concurrency}, "
-        f"{samples:,} samples of the worker's main thread",
+        f"{samples:,} samples of the worker's main thread inside trio.run ({start_up:,} "
+        "samples of process start-up left out)",
         "",
         "share  layer (innermost library frame of the sample; stdlib counts for its caller)",
     ]

@@ -54,6 +54,8 @@ class Completer:
         self._wakeup = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
+        #: Set (and replaced) each time a batch is written.
+        self._progress = trio.Event()
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for writing (never blocks)."""
@@ -65,6 +67,13 @@ class Completer:
     def backlog(self) -> int:
         """Outcomes not yet written."""
         return len(self._pending)
+
+    async def wait_for_room(self, limit: int) -> None:
+        """Return once fewer than ``limit`` outcomes wait to be written: claim loops call it
+        so that an engine whose writes fall behind (a slow or busy database) stops taking
+        work rather than piling up outcomes (and their leases to renew) in memory."""
+        while len(self._pending) >= limit:
+            await self._progress.wait()
 
     async def wait_idle(self) -> None:
         """Return once every submitted outcome was written (or dropped after an error).
@@ -99,6 +108,8 @@ class Completer:
                 self._health.succeeded()
                 self._backoff.reset()
             del self._pending[: len(batch)]
+            self._progress.set()
+            self._progress = trio.Event()
             applied = {result.task_id: result for result in results}
             for outcome in batch:
                 self._inflight.remove(outcome.task_id, outcome.attempt)

@@ -9,7 +9,8 @@ the pace tasks finish, so slow tasks are never hoarded. Buffered tasks are lease
 leases are renewed like running ones) and handed back at once when the engine drains.
 
 A claim that comes back full is followed by another as soon as there is room; otherwise the
-loop sleeps until a notification, room after a full claim, or the poll interval.
+loop sleeps until a notification, room after a full claim, or the poll interval. While more
+than ``MAX_OUTCOME_BACKLOG`` outcomes wait to be written, the loop does not claim at all.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 FETCH_AHEAD_HORIZON = 0.05
 #: Largest claim statement.
 MAX_CLAIM = 500
+#: Outcomes waiting to be written (engine-wide) above which claim loops pause: memory and
+#: lease renewals stay bounded when the database writes slower than tasks finish.
+MAX_OUTCOME_BACKLOG = 1000
 #: Weight of the newest duration in the running average that sizes the fetch-ahead.
 _DURATION_WEIGHT = 0.1
 
@@ -224,6 +228,9 @@ class QueueWorker:
         if not kinds:
             await trio.sleep_forever()  # nothing this engine could run
         while True:
+            if self._completer.backlog >= MAX_OUTCOME_BACKLOG:
+                await self._completer.wait_for_room(MAX_OUTCOME_BACKLOG)
+                continue
             ahead = self.fetch_ahead()
             room = self._concurrency + ahead - self._limiter.borrowed_tokens - len(self._buffer)
             # Claim in batches of at least half the fetch-ahead: the buffer still feeds the
@@ -286,7 +293,12 @@ class QueueWorker:
     async def _run_slot_until_idle(self, running: Running) -> None:
         while True:
             await self._run_task(running)
-            if self._draining:
+            # A handler that never awaits would let this slot run the whole buffer without
+            # a checkpoint, starving the completer, heartbeat and claim loop.
+            await trio.lowlevel.checkpoint()
+            if self._draining or self._limiter.available_tokens < 1:
+                # Draining, or a new claim took the slot this one freed meanwhile: the slot
+                # that frees next takes the buffer over.
                 return
             while self._buffer:
                 running = self._buffer.popleft()

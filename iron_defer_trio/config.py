@@ -118,6 +118,23 @@ class DatabaseSettings(_Section):
     #: data directory (``$XDG_DATA_HOME/iron-defer-trio/postgres``), or
     #: ``/var/lib/iron-defer-trio/postgres`` when running as root.
     embedded_dir: str | None = None
+    #: Write an append-only audit row for every state change of a task, in the same statement
+    #: as the change (``iron_defer.task_audit``; read with ``engine.audit_log``).
+    audit_log: bool = False
+    #: Keep the tasks table UNLOGGED: faster writes (no WAL), but PostgreSQL empties the table
+    #: after a crash or an unclean shutdown, and it is not replicated. Engines configured so
+    #: convert the table at start; converting back is ``iron-defer-trio migrate --logged``.
+    unlogged_tables: bool = False
+
+    @model_validator(mode="after")
+    def _audit_needs_durable_tables(self) -> DatabaseSettings:
+        if self.audit_log and self.unlogged_tables:
+            raise ValueError(
+                "audit_log and unlogged_tables cannot both be on: an UNLOGGED tasks table is "
+                "emptied by crash recovery, so the audit trail would describe tasks that no "
+                "longer exist; choose durability (audit_log) or speed (unlogged_tables)"
+            )
+        return self
 
     @field_validator("url")
     @classmethod
@@ -167,6 +184,10 @@ class WorkerSettings(_Section):
     #: 50 ms, at the pace tasks finish, is fetched ahead: slow tasks are never hoarded away
     #: from other engines. 0 claims only for free slots.
     prefetch: Integer = Field(default=100, ge=0, le=10_000)
+    #: How long a finished task keeps its idempotency key: a producer retrying within this
+    #: time gets the finished task back instead of running the work again. The sweeper frees
+    #: older keys.
+    idempotency_retention: Seconds = Field(default=86_400.0, ge=60)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:

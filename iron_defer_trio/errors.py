@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "EngineClosed",
     "EngineCrashed",
+    "IdempotencyConflict",
     "InvalidTaskError",
     "InvalidTransition",
     "IronDeferError",
@@ -95,6 +96,25 @@ class InvalidTransition(IronDeferError):
         self.task_id = task_id
         self.status = status
         self.action = action
+
+
+class IdempotencyConflict(IronDeferError):
+    """The idempotency key already belongs to a task of the queue that is different work
+    (another kind or payload).
+
+    A retry of the same submission returns the existing task instead; this error means two
+    different submissions used one key. Nothing was written (in ``enqueue_many``, none of the
+    batch). ``task_id`` is the task that holds the key.
+    """
+
+    def __init__(self, queue: str, key: str, task_id: object) -> None:
+        super().__init__(
+            f"idempotency key {key!r} of queue {queue!r} already belongs to task {task_id}, "
+            "submitted with a different kind or payload"
+        )
+        self.queue = queue
+        self.key = key
+        self.task_id = task_id
 
 
 class StoreError(IronDeferError):

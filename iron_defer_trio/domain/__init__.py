@@ -14,6 +14,8 @@ from iron_defer_trio.domain.retry import backoff as backoff
 from iron_defer_trio.domain.status import TRANSITIONS as TRANSITIONS
 from iron_defer_trio.domain.status import TaskStatus as TaskStatus
 from iron_defer_trio.domain.status import can_transition as can_transition
+from iron_defer_trio.domain.task import AuditEntry as AuditEntry
+from iron_defer_trio.domain.task import EnqueuedTask as EnqueuedTask
 from iron_defer_trio.domain.task import NewTask as NewTask
 from iron_defer_trio.domain.task import PoolStatistics as PoolStatistics
 from iron_defer_trio.domain.task import QueueStatistics as QueueStatistics
@@ -26,6 +28,8 @@ __all__ = [
     "MAX_ERROR_BYTES",
     "MAX_PAYLOAD_BYTES",
     "TRANSITIONS",
+    "AuditEntry",
+    "EnqueuedTask",
     "NewTask",
     "PoolStatistics",
     "QueueStatistics",

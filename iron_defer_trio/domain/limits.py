@@ -22,6 +22,8 @@ MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
 MAX_PAYLOAD_BYTES = 1024 * 1024
 #: last_error keeps the head of long messages (tracebacks are logged, not stored).
 MAX_ERROR_BYTES = 4096
+#: Idempotency keys are producer identifiers (order ids, request ids), not data.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: The highest max_attempts accepted; attempts is an INTEGER and a retry loop past this is a bug.
 MAX_ATTEMPTS_LIMIT = 1000
 #: The range of scheduled_at: wide enough for any real schedule, well inside what both Python
@@ -138,3 +140,17 @@ def truncate_error(message: str, limit: int = MAX_ERROR_BYTES) -> str:
         return encoded[: max(limit, 0)].decode("utf-8", errors="ignore")
     head = encoded[: limit - len(marker)].decode("utf-8", errors="ignore")
     return head + marker.decode()
+
+
+def validate_idempotency_key(key: str | None) -> str | None:
+    """Return ``key`` if it is None or a valid idempotency key, else raise
+    :class:`InvalidTaskError`."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidTaskError(
+            f"invalid idempotency key: use 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if "\x00" in key:
+        raise InvalidTaskError("invalid idempotency key: it contains a NUL character")
+    return key

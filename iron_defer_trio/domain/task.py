@@ -125,6 +125,43 @@ class TaskRecord(BaseModel):
     finished_at: datetime | None
     #: W3C trace context of the code that enqueued it; each attempt is a span of that trace.
     traceparent: str | None = None
+    #: The producer's idempotency key, unique in the queue while the task is active and for
+    #: ``worker.idempotency_retention`` after it finished (then None: the key is free again).
+    idempotency_key: str | None = None
+
+
+class EnqueuedTask(TaskRecord):
+    """What ``enqueue`` returns: the task as stored, and whether this call created it.
+
+    ``created`` is False when the idempotency key already belonged to a task of the queue:
+    that task is returned and nothing was inserted.
+    """
+
+    created: bool = True
+
+
+class AuditEntry(BaseModel):
+    """One state change of a task, from the audit log (``database.audit_log``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Position in the log (increasing; the keyset cursor of pagination).
+    id: int
+    task_id: UUID
+    #: enqueue, claim, complete, retry, fail, cancel, recover or release.
+    event: str
+    #: None for enqueue.
+    from_status: TaskStatus | None
+    to_status: TaskStatus
+    at: datetime
+    #: The attempt the change concerns (0 before the first claim).
+    attempt: int
+    #: The engine that made the change (None for producers: enqueue, cancel).
+    worker_id: UUID | None
+    #: The trace the task belongs to (from its traceparent), if any.
+    trace_id: str | None
+    #: Details such as ``{"error": ...}`` for retry and fail, ``{"reason": "shutdown"}``.
+    metadata: dict[str, Any] | None
 
 
 class NewTask(BaseModel):
@@ -142,6 +179,8 @@ class NewTask(BaseModel):
     scheduled_at: datetime | None
     #: W3C ``traceparent`` to continue the enqueuing trace in (None: no tracing).
     traceparent: str | None = None
+    #: Deduplicates submissions per queue (None: always a new task).
+    idempotency_key: str | None = None
 
 
 class QueueStatistics(BaseModel):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import asyncpg
 
-from iron_defer_trio.errors import StoreError, StoreUnavailable
+from iron_defer_trio.errors import IdempotencyConflict, IronDeferError, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+#: Raised by iron_defer.idempotency_conflict() (migration 0004), details as JSON.
+IDEMPOTENCY_CONFLICT = "IDK09"
 #: SQLSTATEs meaning "the server cannot serve you now", not "your statement is wrong":
 #: connection exceptions (08), admin/crash shutdown and startup (57P0x), too many connections.
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
@@ -22,8 +26,9 @@ def is_unavailable_sqlstate(sqlstate: str | None) -> bool:
     return sqlstate is not None and sqlstate.startswith(_UNAVAILABLE_PREFIXES)
 
 
-def translate(exc: BaseException) -> StoreError | None:
-    """The StoreError for a driver/OS error, or None if ``exc`` is not one we translate.
+def translate(exc: BaseException) -> IronDeferError | None:
+    """The StoreError for a driver/OS error, or None if ``exc`` is not one we translate
+    (an idempotency key reused for other work is an :class:`IdempotencyConflict`).
 
     Messages keep PostgreSQL's primary text and code but drop DETAIL (it may quote row values,
     i.e. task payloads) and never include the DSN.
@@ -32,6 +37,9 @@ def translate(exc: BaseException) -> StoreError | None:
         return exc
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate
+        if sqlstate == IDEMPOTENCY_CONFLICT:
+            holder = json.loads(exc.detail or "{}")
+            return IdempotencyConflict(holder["queue"], holder["key"], UUID(holder["task_id"]))
         message = f"database error {sqlstate}: {exc.args[0] if exc.args else type(exc).__name__}"
         if is_unavailable_sqlstate(sqlstate):
             return StoreUnavailable(f"database unavailable ({message})", sqlstate=sqlstate)

@@ -208,7 +208,9 @@ class ConnectionPool:
         # Still usable after an error or a cancellation: asyncpg makes the next statement
         # wait until the server acknowledged the cancel request, and closes the connection
         # itself when the cancel fails or the connection is lost.
-        if not self._closed and not conn.is_closed():
+        # A connection still inside a transaction (a rollback that failed) must never be
+        # handed to the next caller: its statements would join that transaction.
+        if not self._closed and not conn.is_closed() and not conn.is_in_transaction():
             self._idle.append((conn, trio.current_time()))
         else:
             conn.terminate()

@@ -15,6 +15,8 @@ import asyncpg
 import trio
 
 from iron_defer_trio.domain import (
+    AuditEntry,
+    EnqueuedTask,
     NewTask,
     PoolStatistics,
     QueueStatistics,
@@ -66,8 +68,35 @@ async def _aio_fetch(conn: _Conn, sql: str, args: Sequence[Any]) -> list[Any]:
     return rows
 
 
-async def _aio_cancel(conn: _Conn, task_id: UUID) -> tuple[Any, Any]:
-    row = await conn.fetchrow(TASKS["cancel_pending"], task_id)
+async def _aio_execute(conn: _Conn, sql: str, args: Sequence[Any]) -> str:
+    status: str = await conn.execute(sql, *args)
+    return status
+
+
+async def _aio_fetchrow(conn: _Conn, sql: str, args: Sequence[Any]) -> Any:
+    return await conn.fetchrow(sql, *args)
+
+
+async def _aio_fetchval(conn: _Conn, sql: str, args: Sequence[Any]) -> Any:
+    return await conn.fetchval(sql, *args)
+
+
+async def _aio_begin(conn: _Conn) -> Any:
+    transaction = conn.transaction()
+    await transaction.start()
+    return transaction
+
+
+async def _aio_commit(transaction: Any) -> None:
+    await transaction.commit()
+
+
+async def _aio_rollback(transaction: Any) -> None:
+    await transaction.rollback()
+
+
+async def _aio_cancel(conn: _Conn, task_id: UUID, audit: bool) -> tuple[Any, Any]:
+    row = await conn.fetchrow(TASKS["cancel_pending"], task_id, audit)
     if row is not None:
         return row, None
     # Not pending (or absent): read what it is now, after the refused change.
@@ -110,8 +139,9 @@ _RECORD_FIELDS = tuple(TaskRecord.model_fields)
 # _record fills a TaskRecord's instance dict directly (pydantic's model_construct does the same
 # plus per-field default handling, 3-4x slower). That is only sound while the model has no
 # private attributes, post-init hook or extra fields: fail at import if one appears.
-assert not TaskRecord.__private_attributes__ and TaskRecord.__pydantic_post_init__ is None
-assert TaskRecord.model_config.get("extra") in (None, "ignore")
+for _cls in (TaskRecord, EnqueuedTask):
+    assert not _cls.__private_attributes__ and _cls.__pydantic_post_init__ is None
+    assert _cls.model_config.get("extra") in (None, "ignore")
 
 
 def _record(row: Any) -> TaskRecord:
@@ -119,12 +149,42 @@ def _record(row: Any) -> TaskRecord:
     and CHECK constraints already guarantee every field, and claims build one per task."""
     values = {name: row[name] for name in _RECORD_FIELDS}
     values["status"] = TaskStatus(values["status"])
-    record = TaskRecord.__new__(TaskRecord)
+    return _construct(TaskRecord, values)
+
+
+def _enqueued(row: Any) -> EnqueuedTask:
+    """A row of the enqueue statements (a task and whether the statement created it)."""
+    values = {name: row[name] for name in _RECORD_FIELDS}
+    values["status"] = TaskStatus(values["status"])
+    values["created"] = row["created"]
+    return _construct(EnqueuedTask, values)
+
+
+_Model = TypeVar("_Model", TaskRecord, EnqueuedTask)
+
+
+def _construct(cls: type[_Model], values: dict[str, Any]) -> _Model:
+    record = cls.__new__(cls)
     object.__setattr__(record, "__dict__", values)
-    object.__setattr__(record, "__pydantic_fields_set__", set(_RECORD_FIELDS))
+    object.__setattr__(record, "__pydantic_fields_set__", set(values))
     object.__setattr__(record, "__pydantic_extra__", None)
     object.__setattr__(record, "__pydantic_private__", None)
     return record
+
+
+def _audit_entry(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        task_id=row["task_id"],
+        event=row["event"],
+        from_status=None if row["from_status"] is None else TaskStatus(row["from_status"]),
+        to_status=TaskStatus(row["to_status"]),
+        at=row["at"],
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        trace_id=row["trace_id"] or None,
+        metadata=row["metadata"],
+    )
 
 
 _OUTCOME_STATUS = {
@@ -149,6 +209,34 @@ class _PgListener:
         if self._conn.is_closed():
             raise StoreUnavailable("the LISTEN connection is closed")
         await self._bridge.call(_aio_ping, self._conn, self._timeout)
+
+
+class PgTransaction:
+    """A transaction of :meth:`PostgresStore.transaction`: the application's statements and
+    enqueues on one connection, each call one bridge crossing."""
+
+    def __init__(self, store: PostgresStore, conn: _Conn) -> None:
+        self._store = store
+        self._conn = conn
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._store._bridge.call(_aio_execute, self._conn, query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        return await self._store._bridge.call(_aio_fetch, self._conn, query, args)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._store._bridge.call(_aio_fetchrow, self._conn, query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._store._bridge.call(_aio_fetchval, self._conn, query, args)
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[EnqueuedTask]:
+        if not tasks:
+            return []
+        query, args = self._store._enqueue_statement(tasks)
+        rows = await self._store._bridge.call(_aio_fetch, self._conn, query, args)
+        return [_enqueued(row) for row in rows]
 
 
 class PostgresStore:
@@ -186,13 +274,18 @@ class PostgresStore:
         """Apply pending migrations (see :mod:`iron_defer_trio.store._migrate`)."""
         return await self._bridge.call(_aio_migrate, self._dsn, self._settings.connect_timeout)
 
-    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskRecord]:
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[EnqueuedTask]:
         if not tasks:
             return []
+        query, args = self._enqueue_statement(tasks)
+        rows = await self._run(_aio_fetch, query, args)
+        return [_enqueued(row) for row in rows]
+
+    def _enqueue_statement(self, tasks: Sequence[NewTask]) -> tuple[str, tuple[Any, ...]]:
+        audit = self._settings.audit_log
         if len(tasks) == 1:
             (task,) = tasks
-            rows = await self._fetch(
-                "enqueue_one",
+            return TASKS["enqueue_one"], (
                 uuid7(),
                 task.queue,
                 task.kind,
@@ -201,10 +294,10 @@ class PostgresStore:
                 task.max_attempts,
                 task.scheduled_at,
                 task.traceparent,
+                task.idempotency_key,
+                audit,
             )
-            return [_record(rows[0])]
-        rows = await self._fetch(
-            "enqueue",
+        return TASKS["enqueue"], (
             [uuid7() for _ in tasks],
             [t.queue for t in tasks],
             [t.kind for t in tasks],
@@ -213,8 +306,44 @@ class PostgresStore:
             [t.max_attempts for t in tasks],
             [t.scheduled_at for t in tasks],
             [t.traceparent for t in tasks],
+            [t.idempotency_key for t in tasks],
+            audit,
         )
-        return [_record(row) for row in rows]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTransaction]:
+        """One database transaction on one connection for the block: committed when the
+        block ends normally, rolled back when it raises or is cancelled."""
+        async with self._pool.connection() as conn:
+            handle = await self._bridge.call(_aio_begin, conn)
+            try:
+                yield PgTransaction(self, conn)
+            except BaseException:
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(self._settings.connect_timeout),
+                    suppress(Exception),
+                ):
+                    await self._bridge.call(_aio_rollback, handle)
+                # Not rolled back (timeout, lost connection): the pool terminates it.
+                raise
+            await self._bridge.call(_aio_commit, handle)
+
+    async def audit_log(self, task_id: UUID, *, after: int | None, limit: int) -> list[AuditEntry]:
+        rows = await self._fetch("audit_log", task_id, after, limit)
+        return [_audit_entry(row) for row in rows]
+
+    async def free_idempotency_keys(
+        self, *, retention: float, limit: int, now: datetime | None = None
+    ) -> int:
+        return len(await self._fetch("free_idempotency_keys", now, retention, limit))
+
+    async def unlogged(self) -> bool:
+        rows = await self._fetch("persistence")
+        return bool(rows[0]["relpersistence"] == "u")
+
+    async def set_unlogged(self, unlogged: bool) -> None:
+        await self._fetch("set_unlogged" if unlogged else "set_logged")
 
     async def get(self, task_id: UUID) -> TaskRecord | None:
         rows = await self._fetch("get", task_id)
@@ -235,7 +364,7 @@ class PostgresStore:
         return [_record(row) for row in rows]
 
     async def cancel(self, task_id: UUID) -> CancelResult:
-        cancelled, current = await self._run(_aio_cancel, task_id)
+        cancelled, current = await self._run(_aio_cancel, task_id, self._settings.audit_log)
         if cancelled is not None:
             return CancelResult(cancelled=_record(cancelled), current=None)
         return CancelResult(cancelled=None, current=None if current is None else _record(current))
@@ -250,7 +379,9 @@ class PostgresStore:
         lease: float,
         now: datetime | None = None,
     ) -> list[TaskRecord]:
-        rows = await self._fetch("claim", queue, worker_id, list(kinds), limit, lease, now)
+        rows = await self._fetch(
+            "claim", queue, worker_id, list(kinds), limit, lease, now, self._settings.audit_log
+        )
         records = [_record(row) for row in rows]
         # UPDATE ... RETURNING has no order; start the most urgent first.
         records.sort(key=lambda r: (-r.priority, r.scheduled_at, r.id))
@@ -284,19 +415,20 @@ class PostgresStore:
             [o.delay for o in outcomes],
             [o.kind is OutcomeKind.RELEASED for o in outcomes],
             now,
+            self._settings.audit_log,
         )
         return [
             FinishResult(row["id"], TaskStatus(row["status"]), row["scheduled_at"]) for row in rows
         ]
 
     async def release_worker(self, worker_id: UUID) -> list[UUID]:
-        rows = await self._fetch("release_worker", worker_id)
+        rows = await self._fetch("release_worker", worker_id, self._settings.audit_log)
         return [row["id"] for row in rows]
 
     async def recover_expired(
-        self, *, limit: int, now: datetime | None = None
+        self, *, limit: int, worker_id: UUID | None = None, now: datetime | None = None
     ) -> list[RecoveredTask]:
-        rows = await self._fetch("recover_expired", now, limit)
+        rows = await self._fetch("recover_expired", now, limit, worker_id, self._settings.audit_log)
         return [
             RecoveredTask(
                 task_id=row["id"],

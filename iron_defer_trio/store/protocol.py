@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import trio
 
     from iron_defer_trio.domain import (
+        AuditEntry,
+        EnqueuedTask,
         NewTask,
         PoolStatistics,
         QueueStatistics,
@@ -38,6 +40,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "RecoveredTask",
+    "StoreTransaction",
     "TaskStore",
 ]
 
@@ -115,11 +118,65 @@ class Listener(Protocol):
         ...
 
 
+class StoreTransaction(Protocol):
+    """One open database transaction: the application's own statements and enqueues that
+    commit or roll back together."""
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; return its status tag (``"INSERT 0 1"``)."""
+        ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        """Run a query; return its rows (mappings of column name to value)."""
+        ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        """The first row of a query, or None."""
+        ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        """The first column of the first row, or None."""
+        ...
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[EnqueuedTask]:
+        """Insert tasks as :meth:`TaskStore.enqueue` does, inside this transaction: workers
+        see (and are woken for) them only at commit."""
+        ...
+
+
 class TaskStore(Protocol):
     """Persistence of tasks. See the module docstring for the shared rules."""
 
-    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskRecord]:
-        """Insert tasks in one statement and wake the workers of their queues on commit."""
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[EnqueuedTask]:
+        """Insert tasks in one statement and wake the workers of their queues on commit.
+
+        A task whose idempotency key its queue already holds is not inserted: the holder is
+        returned with ``created=False``, or when the holder is different work (kind or
+        payload) the whole statement is undone and IdempotencyConflict raised.
+        """
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """A transaction for the block: committed at its end, rolled back if it raises."""
+        ...
+
+    async def audit_log(self, task_id: UUID, *, after: int | None, limit: int) -> list[AuditEntry]:
+        """A task's audit entries in order, strictly after audit id ``after``."""
+        ...
+
+    async def free_idempotency_keys(
+        self, *, retention: float, limit: int, now: datetime | None = None
+    ) -> int:
+        """Clear the idempotency keys of up to ``limit`` tasks that finished more than
+        ``retention`` seconds before ``now``; return how many were cleared."""
+        ...
+
+    async def unlogged(self) -> bool:
+        """True when the tasks table is UNLOGGED."""
+        ...
+
+    async def set_unlogged(self, unlogged: bool) -> None:
+        """Make the tasks table UNLOGGED or logged (a table rewrite under an exclusive lock)."""
         ...
 
     async def get(self, task_id: UUID) -> TaskRecord | None:
@@ -184,10 +241,11 @@ class TaskStore(Protocol):
         ...
 
     async def recover_expired(
-        self, *, limit: int, now: datetime | None = None
+        self, *, limit: int, worker_id: UUID | None = None, now: datetime | None = None
     ) -> list[RecoveredTask]:
         """Move running tasks whose lease expired back to pending, or to failed when they were
-        on their last attempt. Safe to run from many engines at once."""
+        on their last attempt. Safe to run from many engines at once. ``worker_id`` (the
+        sweeping engine) is recorded in the audit log."""
         ...
 
     def pool_statistics(self) -> PoolStatistics:

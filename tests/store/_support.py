@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio_asyncio
 
-from iron_defer_trio.domain import NewTask
+from iron_defer_trio.domain import NewTask, TaskRecord
 from tests import pg
 
 if TYPE_CHECKING:
@@ -99,3 +99,8 @@ def module_database(template: str, prefix: str) -> Iterator[str]:
         yield pg.dsn_for(name)
     finally:
         pg.run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def as_stored(record: TaskRecord) -> TaskRecord:
+    """An enqueue's result as ``get`` reads it back: the plain record, without ``created``."""
+    return TaskRecord.model_validate(record.model_dump(exclude={"created"}))

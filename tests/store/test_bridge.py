@@ -22,7 +22,7 @@ from iron_defer_trio.errors import ConfigError, StoreError, StoreUnavailable
 from iron_defer_trio.store import open_postgres_store
 from iron_defer_trio.store._bridge import open_bridge
 from tests import pg
-from tests.store._support import new_task, row, wait_for_rows
+from tests.store._support import as_stored, new_task, row, wait_for_rows
 
 if TYPE_CHECKING:
     from tests.pg import Db
@@ -63,7 +63,7 @@ async def test_cancelling_a_slow_statement_cancels_it_and_frees_the_connection(
                 with trio.fail_after(5):
                     await wait_for_rows(db, ACTIVE, "%pg_sleep%", want=0)
                 with trio.fail_after(1):
-                    assert await store.get(task.id) == task
+                    assert await store.get(task.id) == as_stored(task)
             idle = await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND application_name = 'iron-defer-trio'"
@@ -117,7 +117,7 @@ async def test_statement_past_command_timeout_is_store_unavailable(
             with trio.fail_after(5):
                 await wait_for_rows(db, ACTIVE, "%UPDATE iron_defer.tasks%", want=0)
             fetched = await store.get(task.id)
-    assert fetched == task
+    assert fetched == as_stored(task)
 
 
 async def test_opening_a_store_on_a_closed_port_raises_store_unavailable() -> None:
@@ -210,7 +210,7 @@ async def test_connection_killed_mid_statement_is_store_unavailable_then_the_poo
     assert isinstance(error, StoreUnavailable)
     assert error.sqlstate == "08003"
     assert isinstance(error.__cause__, asyncpg.exceptions.ConnectionDoesNotExistError)
-    assert after == task
+    assert after == as_stored(task)
 
 
 async def test_an_error_raised_inside_the_store_block_escapes_as_itself(

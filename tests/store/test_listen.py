@@ -23,7 +23,7 @@ from iron_defer_trio.config import DatabaseSettings
 from iron_defer_trio.errors import StoreUnavailable
 from iron_defer_trio.store import open_postgres_store
 from iron_defer_trio.store.protocol import Outcome, OutcomeKind
-from tests.store._support import db_now, new_task, seconds, wait_for_rows
+from tests.store._support import as_stored, db_now, new_task, seconds, wait_for_rows
 
 if TYPE_CHECKING:
     from iron_defer_trio.store import PostgresStore
@@ -218,7 +218,7 @@ async def test_channel_ends_when_the_listen_connection_is_killed(database_url: s
                 with pytest.raises(StoreUnavailable):
                     await listener.ping()
             [record] = await store.enqueue([new_task("after")])
-            assert await store.get(record.id) == record
+            assert await store.get(record.id) == as_stored(record)
     assert rest == []
 
 

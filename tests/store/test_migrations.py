@@ -37,6 +37,10 @@ EXPECTED_INDEXES = {
     ("tasks", "tasks_claim_idx"),
     ("tasks", "tasks_running_idx"),
     ("tasks", "tasks_queue_status_idx"),
+    ("tasks", "tasks_idempotency_idx"),
+    ("tasks", "tasks_idempotency_expiry_idx"),
+    ("task_audit", "task_audit_pkey"),
+    ("task_audit", "task_audit_task_idx"),
 }
 
 EXPECTED_CHECKS = {
@@ -51,6 +55,7 @@ EXPECTED_CHECKS = {
     "tasks_last_error_bounded",
     "tasks_traceparent_format",
     "tasks_scheduled_at_finite",
+    "tasks_idempotency_key_length",
 }
 
 
@@ -67,7 +72,7 @@ def empty_url() -> Iterator[str]:
 
 async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_url: str) -> None:
     """On an empty database, migrate applies every migration and leaves schema iron_defer
-    with its two tables, the expected indexes (claim index partial on pending) and every
+    with its three tables, the expected indexes (claim index partial on pending) and every
     CHECK constraint."""
     with trio.fail_after(15):
         report = await iron_defer.migrate(empty_url)
@@ -89,7 +94,7 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
                 " WHERE conrelid = 'iron_defer.tasks'::regclass AND contype = 'p'"
             )
     assert report == MigrationReport(applied=LATEST, unknown=())
-    assert [t["table_name"] for t in tables] == ["schema_migrations", "tasks"]
+    assert [t["table_name"] for t in tables] == ["schema_migrations", "task_audit", "tasks"]
     assert {(i["tablename"], i["indexname"]) for i in indexes} == EXPECTED_INDEXES
     definitions = {i["indexname"]: i["indexdef"] for i in indexes}
     assert "(queue, priority DESC, scheduled_at, id)" in definitions["tasks_claim_idx"]
@@ -97,6 +102,8 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
     assert "(claimed_by)" in definitions["tasks_running_idx"]
     assert "WHERE (status = 'running'::text)" in definitions["tasks_running_idx"]
     assert "(queue, status, id)" in definitions["tasks_queue_status_idx"]
+    assert "UNIQUE INDEX" in definitions["tasks_idempotency_idx"]
+    assert "(queue, idempotency_key)" in definitions["tasks_idempotency_idx"]
     assert {c["conname"] for c in checks} == EXPECTED_CHECKS
     assert primary == "PRIMARY KEY (id)"
 

@@ -76,7 +76,9 @@ def _uuid_array(ids: list[uuid.UUID]) -> str:
 async def test_claim_reads_tasks_only_through_indexes(db: Db) -> None:
     """No sequential scan of the table, however many rows it holds."""
     worker, _ = await _stale_running_table(db)
-    plan = await _generic_plan(db, "claim", f"'default', '{worker}', ARRAY['noop'], 500, 30, NULL")
+    plan = await _generic_plan(
+        db, "claim", f"'default', '{worker}', ARRAY['noop'], 500, 30, NULL, false"
+    )
     nodes, indexes = _reads(plan)
     assert nodes, plan
     assert "Seq Scan" not in nodes, plan
@@ -95,7 +97,7 @@ async def test_per_task_statements_look_rows_up_by_primary_key(db: Db, statement
         arguments = (
             f"'{worker}', {_uuid_array(ids)}, array_fill(1, ARRAY[{n}]), "
             f"array_fill('completed'::text, ARRAY[{n}]), array_fill(NULL::text, ARRAY[{n}]), "
-            f"array_fill(NULL::float8, ARRAY[{n}]), array_fill(false, ARRAY[{n}]), NULL"
+            f"array_fill(NULL::float8, ARRAY[{n}]), array_fill(false, ARRAY[{n}]), NULL, false"
         )
     plan = await _generic_plan(db, statement, arguments)
     nodes, indexes = _reads(plan)

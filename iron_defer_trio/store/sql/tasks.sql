@@ -1,40 +1,91 @@
 -- name: enqueue
--- Insert tasks from parallel arrays in one statement; wake their queues' workers on commit.
--- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[]
-WITH inserted AS (
-    INSERT INTO iron_defer.tasks
-        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
-    SELECT i.id, i.queue, i.kind, i.payload::jsonb, i.priority, i.max_attempts,
-           coalesce(i.scheduled_at, now()), i.traceparent
+-- Insert tasks from parallel arrays in one statement, in input order. A task whose idempotency
+-- key its queue already holds is not inserted: the holder comes back with created = false,
+-- or, when the holder is different work (kind or payload), the whole statement fails with
+-- SQLSTATE IDK09. Wakes the queues of new due tasks on commit; audits new tasks when $10.
+-- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[], $9 idempotency keys text[], $10 audit bool
+-- ON CONFLICT DO UPDATE (a no-op write of the key) rather than DO NOTHING: it returns the
+-- holder even when the holder committed after this statement's snapshot, so concurrent
+-- duplicates resolve in one statement without a retry. "match" pairs each written row with
+-- its input: by key when there is one, else by id (queue names cannot hold U+001F).
+WITH input AS (
+    SELECT i.*, i.payload::jsonb AS document,
+           CASE WHEN i.idempotency_key IS NULL THEN i.id::text
+                ELSE i.queue || U&'\001F' || i.idempotency_key END AS match
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[])
-        AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
+                $7::timestamptz[], $8::text[], $9::text[])
+        WITH ORDINALITY
+        AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
+             idempotency_key, n)
+),
+written AS (
+    INSERT INTO iron_defer.tasks
+        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
+         idempotency_key)
+    SELECT id, queue, kind, document, priority, max_attempts, coalesce(scheduled_at, now()),
+           traceparent, idempotency_key
+    FROM input
+    -- Keys are taken in one global order, so batches racing on the same keys wait for each
+    -- other instead of deadlocking.
+    ORDER BY queue, idempotency_key
+    ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
     RETURNING *
+),
+result AS MATERIALIZED (
+    SELECT w.*, w.id = i.id AS created, i.n,
+           CASE WHEN w.id <> i.id AND (w.kind <> i.kind OR w.payload <> i.document)
+               THEN iron_defer.idempotency_conflict(w.id, w.queue, w.idempotency_key)
+           END AS conflict
+    FROM written AS w
+    JOIN input AS i ON i.match = CASE WHEN w.idempotency_key IS NULL THEN w.id::text
+                                      ELSE w.queue || U&'\001F' || w.idempotency_key END
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
+    SELECT id, 'enqueue', NULL, status, attempts, split_part(traceparent, '-', 2)
+    FROM result
+    WHERE created AND $10::boolean
 ),
 woken AS (
     -- One notification per queue; PostgreSQL also merges duplicates within a transaction.
     SELECT pg_notify('iron_defer', q.queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE scheduled_at <= now()) AS q
+    FROM (SELECT DISTINCT queue FROM result WHERE created AND scheduled_at <= now()) AS q
 )
-SELECT inserted.*, (SELECT count(*) FROM woken) AS woken_queues
-FROM inserted
-ORDER BY inserted.id;
+SELECT result.*, (SELECT count(*) FROM woken) AS woken_queues
+FROM result
+ORDER BY result.n;
 
 -- name: enqueue_one
--- Insert one task (the common case, cheaper than the array form); wake its queue's workers
--- on commit when it is due.
--- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent
-WITH inserted AS (
+-- The enqueue statement for one task (the common case, cheaper than the array form).
+-- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool
+WITH written AS (
     INSERT INTO iron_defer.tasks
-        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent)
-    VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8)
+        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
+         idempotency_key)
+    VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8, $9)
+    ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
     RETURNING *
+),
+result AS MATERIALIZED (
+    SELECT w.*, w.id = $1 AS created,
+           CASE WHEN w.id <> $1 AND (w.kind <> $3 OR w.payload <> $4::text::jsonb)
+               THEN iron_defer.idempotency_conflict(w.id, w.queue, w.idempotency_key)
+           END AS conflict
+    FROM written AS w
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
+    SELECT id, 'enqueue', NULL, status, attempts, split_part(traceparent, '-', 2)
+    FROM result
+    WHERE created AND $10::boolean
 )
-SELECT inserted.*,
-       CASE WHEN inserted.scheduled_at <= now()
-           THEN pg_notify('iron_defer', inserted.queue)
+SELECT result.*,
+       CASE WHEN result.created AND result.scheduled_at <= now()
+           THEN pg_notify('iron_defer', result.queue)
        END AS woken
-FROM inserted;
+FROM result;
 
 -- name: get
 -- One task by id.
@@ -54,37 +105,58 @@ ORDER BY id DESC
 LIMIT $5;
 
 -- name: cancel_pending
--- Cancel a task that has not started; no row when it is not pending.
--- params: $1 id
-UPDATE iron_defer.tasks
-SET status = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = $1 AND status = 'pending'
-RETURNING *;
+-- Cancel a task that has not started; no row when it is not pending. Audited when $2.
+-- params: $1 id, $2 audit bool
+WITH cancelled AS (
+    UPDATE iron_defer.tasks
+    SET status = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = $1 AND status = 'pending'
+    RETURNING *
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
+    SELECT id, 'cancel', 'pending', status, attempts, split_part(traceparent, '-', 2)
+    FROM cancelled
+    WHERE $2::boolean
+)
+SELECT * FROM cancelled;
 
 -- name: claim
 -- Lease up to $4 due pending tasks of one queue (kinds in $3) to worker $2 for $5 seconds.
--- params: $1 queue, $2 worker id, $3 kinds text[], $4 limit, $5 lease seconds, $6 now (NULL: database clock)
+-- Audited when $7.
+-- params: $1 queue, $2 worker id, $3 kinds text[], $4 limit, $5 lease seconds, $6 now (NULL: database clock), $7 audit bool
 -- The picked ids go through an array so the update is primary-key lookups whatever the
 -- planner thinks of the table's size (a join here was planned as a scan of the whole table).
-UPDATE iron_defer.tasks AS t
-SET status = 'running',
-    attempts = t.attempts + 1,
-    claimed_by = $2,
-    claimed_until = coalesce($6::timestamptz, now()) + make_interval(secs => $5::float8),
-    started_at = coalesce($6::timestamptz, now()),
-    updated_at = coalesce($6::timestamptz, now())
-WHERE t.id = ANY(ARRAY(
-    SELECT id
-    FROM iron_defer.tasks
-    WHERE queue = $1
-      AND status = 'pending'
-      AND scheduled_at <= coalesce($6::timestamptz, now())
-      AND kind = ANY($3::text[])
-    ORDER BY priority DESC, scheduled_at, id
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING t.*;
+WITH claimed AS (
+    UPDATE iron_defer.tasks AS t
+    SET status = 'running',
+        attempts = t.attempts + 1,
+        claimed_by = $2,
+        claimed_until = coalesce($6::timestamptz, now()) + make_interval(secs => $5::float8),
+        started_at = coalesce($6::timestamptz, now()),
+        updated_at = coalesce($6::timestamptz, now())
+    WHERE t.id = ANY(ARRAY(
+        SELECT id
+        FROM iron_defer.tasks
+        WHERE queue = $1
+          AND status = 'pending'
+          AND scheduled_at <= coalesce($6::timestamptz, now())
+          AND kind = ANY($3::text[])
+        ORDER BY priority DESC, scheduled_at, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING t.*
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit
+        (task_id, event, from_status, to_status, at, attempt, worker_id, trace_id)
+    SELECT id, 'claim', 'pending', status, updated_at, attempts, $2,
+           split_part(traceparent, '-', 2)
+    FROM claimed
+    WHERE $7::boolean
+)
+SELECT * FROM claimed;
 
 -- name: heartbeat
 -- Extend the leases of the listed tasks still running under this worker; report the
@@ -101,7 +173,8 @@ RETURNING id, attempts;
 -- name: finish
 -- Apply attempt outcomes, each fenced on (running under this worker, same attempt); wake queues
 -- that got a task back that is due now.
--- params: $1 worker id, $2 ids uuid[], $3 attempts int4[], $4 new statuses text[], $5 errors text[], $6 retry delays float8[], $7 released bool[], $8 now (NULL: database clock)
+-- Audited when $9 (event complete, retry, fail or release, with the error as metadata).
+-- params: $1 worker id, $2 ids uuid[], $3 attempts int4[], $4 new statuses text[], $5 errors text[], $6 retry delays float8[], $7 released bool[], $8 now (NULL: database clock), $9 audit bool
 -- The fence locks each outcome's row through a lateral primary-key lookup, in id order (so two
 -- statements on the same rows cannot deadlock), and only then updates the locked rows by id.
 -- A plain join let the planner, trusting statistics taken when no task was running (or a
@@ -143,7 +216,25 @@ updated AS (
         updated_at = coalesce($8::timestamptz, now())
     FROM fenced AS o
     WHERE t.id = o.id
-    RETURNING t.id, t.queue, t.status, t.scheduled_at
+    RETURNING t.id, t.queue, t.status, t.scheduled_at, t.attempts, t.traceparent, t.updated_at,
+              o.error, o.released
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit
+        (task_id, event, from_status, to_status, at, attempt, worker_id, trace_id, metadata)
+    SELECT id,
+           CASE WHEN released THEN 'release'
+                WHEN status = 'completed' THEN 'complete'
+                WHEN status = 'pending' THEN 'retry'
+                ELSE 'fail' END,
+           'running', status, updated_at,
+           -- a release hands the attempt back: record the attempt that was interrupted
+           CASE WHEN released THEN attempts + 1 ELSE attempts END,
+           $1, split_part(traceparent, '-', 2),
+           CASE WHEN released THEN jsonb_build_object('reason', 'shutdown')
+                WHEN error IS NOT NULL THEN jsonb_build_object('error', error) END
+    FROM updated
+    WHERE $9::boolean
 ),
 woken AS (
     SELECT pg_notify('iron_defer', q.queue)
@@ -156,8 +247,9 @@ SELECT id, status, scheduled_at, (SELECT count(*) FROM woken) AS woken_queues
 FROM updated;
 
 -- name: release_worker
--- Hand back every task still running under a worker: pending now, interrupted attempt not counted.
--- params: $1 worker id
+-- Hand back every task still running under a worker: pending now, interrupted attempt not
+-- counted. Audited when $2.
+-- params: $1 worker id, $2 audit bool
 WITH released AS (
     UPDATE iron_defer.tasks
     SET status = 'pending',
@@ -167,7 +259,15 @@ WITH released AS (
         scheduled_at = now(),
         updated_at = now()
     WHERE status = 'running' AND claimed_by = $1
-    RETURNING id, queue
+    RETURNING id, queue, status, attempts, traceparent
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit
+        (task_id, event, from_status, to_status, attempt, worker_id, trace_id, metadata)
+    SELECT id, 'release', 'running', status, attempts + 1, $1, split_part(traceparent, '-', 2),
+           jsonb_build_object('reason', 'shutdown')
+    FROM released
+    WHERE $2::boolean
 ),
 woken AS (
     SELECT pg_notify('iron_defer', q.queue) FROM (SELECT DISTINCT queue FROM released) AS q
@@ -176,7 +276,8 @@ SELECT id, (SELECT count(*) FROM woken) AS woken_queues FROM released;
 
 -- name: recover_expired
 -- Move running tasks whose lease expired to pending (attempts left) or failed (none left).
--- params: $1 now (NULL: database clock), $2 batch limit
+-- Audited when $4, as done by worker $3 (the sweeper's engine).
+-- params: $1 now (NULL: database clock), $2 batch limit, $3 worker id, $4 audit bool
 WITH expired AS (
     SELECT id, claimed_by
     FROM iron_defer.tasks
@@ -204,13 +305,24 @@ recovered AS (
     FROM expired AS e
     WHERE t.id = e.id
     RETURNING t.id, t.queue, t.kind, t.status, t.attempts, t.max_attempts,
-              e.claimed_by AS previous_worker
+              e.claimed_by AS previous_worker, t.last_error, t.traceparent, t.updated_at
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit
+        (task_id, event, from_status, to_status, at, attempt, worker_id, trace_id, metadata)
+    SELECT id, 'recover', 'running', status, updated_at, attempts, $3::uuid,
+           split_part(traceparent, '-', 2),
+           jsonb_build_object('error', last_error, 'previous_worker', previous_worker)
+    FROM recovered
+    WHERE $4::boolean
 ),
 woken AS (
     SELECT pg_notify('iron_defer', q.queue)
     FROM (SELECT DISTINCT queue FROM recovered WHERE status = 'pending') AS q
 )
-SELECT recovered.*, (SELECT count(*) FROM woken) AS woken_queues FROM recovered;
+SELECT id, queue, kind, status, attempts, max_attempts, previous_worker,
+       (SELECT count(*) FROM woken) AS woken_queues
+FROM recovered;
 
 -- name: queue_statistics
 -- Counts by status per queue, active workers, and the age of the oldest due pending task.
@@ -261,6 +373,52 @@ woken AS (
     SELECT pg_notify('iron_defer', q.queue) FROM (SELECT DISTINCT queue FROM moved) AS q
 )
 SELECT count(*) AS moved, (SELECT count(*) FROM woken) AS woken_queues FROM moved;
+
+-- name: free_idempotency_keys
+-- Release the idempotency keys of up to $3 tasks that finished more than $2 seconds ago, so
+-- the keys can be used again (the tasks stay).
+-- params: $1 now (NULL: database clock), $2 retention seconds, $3 batch limit
+WITH due AS (
+    SELECT id
+    FROM iron_defer.tasks
+    WHERE idempotency_key IS NOT NULL
+      AND finished_at IS NOT NULL
+      AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+    ORDER BY finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE iron_defer.tasks AS t
+SET idempotency_key = NULL
+FROM due
+WHERE t.id = due.id
+RETURNING t.id;
+
+-- name: audit_log
+-- One task's audit trail in order, keyset-paginated on the audit id.
+-- params: $1 task id, $2 after audit id (NULL: from the start), $3 limit
+SELECT id, task_id, event, from_status, to_status, at, attempt, worker_id, trace_id, metadata
+FROM iron_defer.task_audit
+WHERE task_id = $1 AND ($2::bigint IS NULL OR id > $2)
+ORDER BY id
+LIMIT $3;
+
+-- name: persistence
+-- Whether the tasks table is logged ('p') or UNLOGGED ('u').
+-- params: none
+SELECT relpersistence::text AS relpersistence
+FROM pg_class
+WHERE oid = 'iron_defer.tasks'::regclass;
+
+-- name: set_unlogged
+-- Make the tasks table UNLOGGED (rewrites it under an exclusive lock).
+-- params: none
+ALTER TABLE iron_defer.tasks SET UNLOGGED;
+
+-- name: set_logged
+-- Make the tasks table logged again (rewrites it into the WAL under an exclusive lock).
+-- params: none
+ALTER TABLE iron_defer.tasks SET LOGGED;
 
 -- name: ping
 -- Round trip on a connection: health of the LISTEN session; settling a pooled connection after a cancel.

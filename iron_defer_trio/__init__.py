@@ -23,6 +23,8 @@ from iron_defer_trio._version import __version__ as __version__
 from iron_defer_trio.config import DatabaseSettings as DatabaseSettings
 from iron_defer_trio.config import Settings as Settings
 from iron_defer_trio.config import WorkerSettings as WorkerSettings
+from iron_defer_trio.domain import AuditEntry as AuditEntry
+from iron_defer_trio.domain import EnqueuedTask as EnqueuedTask
 from iron_defer_trio.domain import QueueStatistics as QueueStatistics
 from iron_defer_trio.domain import RetryPolicy as RetryPolicy
 from iron_defer_trio.domain import Task as Task
@@ -33,9 +35,11 @@ from iron_defer_trio.engine import Engine as Engine
 from iron_defer_trio.engine import EngineState as EngineState
 from iron_defer_trio.engine import EngineStatistics as EngineStatistics
 from iron_defer_trio.engine import QueueWorkerStatistics as QueueWorkerStatistics
+from iron_defer_trio.engine import Transaction as Transaction
 from iron_defer_trio.errors import ConfigError as ConfigError
 from iron_defer_trio.errors import EngineClosed as EngineClosed
 from iron_defer_trio.errors import EngineCrashed as EngineCrashed
+from iron_defer_trio.errors import IdempotencyConflict as IdempotencyConflict
 from iron_defer_trio.errors import InvalidTaskError as InvalidTaskError
 from iron_defer_trio.errors import InvalidTransition as InvalidTransition
 from iron_defer_trio.errors import IronDeferError as IronDeferError
@@ -48,6 +52,7 @@ from iron_defer_trio.errors import TaskNotFound as TaskNotFound
 from iron_defer_trio.errors import UnknownTaskKind as UnknownTaskKind
 
 __all__ = [
+    "AuditEntry",
     "ConfigError",
     "DatabaseSettings",
     "Engine",
@@ -55,6 +60,8 @@ __all__ = [
     "EngineCrashed",
     "EngineState",
     "EngineStatistics",
+    "EnqueuedTask",
+    "IdempotencyConflict",
     "InvalidTaskError",
     "InvalidTransition",
     "IronDeferError",
@@ -72,6 +79,7 @@ __all__ = [
     "TaskNotFound",
     "TaskRecord",
     "TaskStatus",
+    "Transaction",
     "UnknownTaskKind",
     "WorkerSettings",
     "__version__",

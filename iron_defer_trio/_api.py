@@ -114,10 +114,16 @@ async def open_engine(
         raise body_error
 
 
-async def migrate(dsn_or_settings: str | Settings) -> MigrationReport:
+async def migrate(
+    dsn_or_settings: str | Settings, *, unlogged: bool | None = None
+) -> MigrationReport:
     """Bring the database schema up to date, as ``open_engine(..., migrate=True)`` does.
 
     Safe to run from many processes at once (an advisory lock serialises them).
+
+    Args:
+        unlogged: also make the tasks table UNLOGGED (True) or logged again (False); None
+            leaves it as it is. Either is a table rewrite under an exclusive lock.
 
     Raises:
         StoreUnavailable: the database cannot be reached.
@@ -125,7 +131,12 @@ async def migrate(dsn_or_settings: str | Settings) -> MigrationReport:
     """
     settings = _settings(dsn_or_settings)
     try:
-        return await migrate_store(settings.database)
+        report = await migrate_store(settings.database)
+        if unlogged is not None:
+            async with open_postgres_store(settings.database) as store:
+                if await store.unlogged() != unlogged:
+                    await store.set_unlogged(unlogged)
+        return report
     except BaseExceptionGroup as group:
         error = _collapse(group, None)
         if error is group:
@@ -170,7 +181,40 @@ async def _store(
                 log.info("migrations_applied", versions=list(report.applied))
             if report.unknown:
                 log.warning("schema_newer_than_package", unknown_versions=list(report.unknown))
+        await _check_persistence(store, settings, log)
         yield store
+
+
+async def _check_persistence(store: TaskStore, settings: Settings, log: Logger) -> None:
+    """Make the tasks table UNLOGGED when configured; refuse audit_log on an UNLOGGED table.
+
+    Engines never turn an UNLOGGED table back into a logged one by themselves (a table
+    rewrite under an exclusive lock, at the whim of whichever engine starts next): that is
+    ``iron-defer-trio migrate --logged``, an operator's decision.
+    """
+    database = settings.database
+    unlogged = await store.unlogged()
+    if database.unlogged_tables:
+        if not unlogged:
+            log.warning("tasks_table_converting", to="unlogged")
+            await store.set_unlogged(True)
+        log.warning(
+            "tasks_table_unlogged",
+            consequence="PostgreSQL empties the tasks table after a crash or an unclean "
+            "shutdown; tasks are not replicated",
+        )
+    elif unlogged:
+        if database.audit_log:
+            raise ConfigError(
+                "database.audit_log is on but the tasks table is UNLOGGED (an engine with "
+                "database.unlogged_tables made it so): an audit trail needs durable tasks; "
+                "run `iron-defer-trio migrate --logged` first"
+            )
+        log.warning(
+            "tasks_table_unlogged",
+            consequence="the tasks table is UNLOGGED although database.unlogged_tables is "
+            "off; run `iron-defer-trio migrate --logged` to make it durable",
+        )
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

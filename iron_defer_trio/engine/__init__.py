@@ -10,6 +10,7 @@ from iron_defer_trio.engine._engine import run_engine as run_engine
 from iron_defer_trio.engine._registry import TaskRegistry as TaskRegistry
 from iron_defer_trio.engine._sweeper import Sweeper as Sweeper
 from iron_defer_trio.engine._sweeper import SweepResult as SweepResult
+from iron_defer_trio.engine._transaction import Transaction as Transaction
 from iron_defer_trio.engine._worker import QueueWorkerStatistics as QueueWorkerStatistics
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SweepResult",
     "Sweeper",
     "TaskRegistry",
+    "Transaction",
     "run_engine",
 ]

@@ -34,8 +34,17 @@ from uuid import UUID
 import trio
 from opentelemetry.trace import SpanKind
 
-from iron_defer_trio.domain import NewTask, QueueStatistics, Task, TaskRecord, TaskStatus
+from iron_defer_trio.domain import (
+    AuditEntry,
+    EnqueuedTask,
+    NewTask,
+    QueueStatistics,
+    Task,
+    TaskRecord,
+    TaskStatus,
+)
 from iron_defer_trio.domain.limits import (
+    validate_idempotency_key,
     validate_kind,
     validate_max_attempts,
     validate_payload_json,
@@ -43,12 +52,14 @@ from iron_defer_trio.domain.limits import (
     validate_queue_name,
     validate_scheduled_at,
 )
+from iron_defer_trio.engine._arguments import dedupe_keys, split_queue_and_task
 from iron_defer_trio.engine._completer import Completer
 from iron_defer_trio.engine._health import DatabaseHealth
 from iron_defer_trio.engine._heartbeat import Heartbeat
 from iron_defer_trio.engine._inflight import InFlight
 from iron_defer_trio.engine._listener import NotificationListener
 from iron_defer_trio.engine._sweeper import Sweeper
+from iron_defer_trio.engine._transaction import Transaction
 from iron_defer_trio.engine._worker import QueueWorker, QueueWorkerStatistics
 from iron_defer_trio.errors import (
     ConfigError,
@@ -72,11 +83,16 @@ if TYPE_CHECKING:
 
     from iron_defer_trio.config import Settings
     from iron_defer_trio.engine._registry import TaskRegistry
-    from iron_defer_trio.store.protocol import FinishResult, Outcome, TaskStore
+    from iron_defer_trio.store.protocol import (
+        FinishResult,
+        Outcome,
+        StoreTransaction,
+        TaskStore,
+    )
 
 #: Shielded time allowed at the very end of a shutdown to hand back leftover leases.
 RELEASE_TIMEOUT = 5.0
-#: Largest page ``Engine.list`` returns.
+#: Largest page ``Engine.list`` and ``Engine.audit_log`` return.
 MAX_LIST_LIMIT = 1000
 #: How often wait_until_idle re-checks; short, since it only runs in tests and scripts.
 _IDLE_POLL = 0.01
@@ -172,6 +188,8 @@ class Engine:
             self._rng,
             interval=settings.worker.sweeper_interval,
             metrics=self._metrics,
+            worker_id=self.worker_id,
+            idempotency_retention=settings.worker.idempotency_retention,
         )
         self._listener = NotificationListener(
             store, self._health, self._log, self._rng, wake=self._wake, wake_all=self._wake_all
@@ -397,6 +415,7 @@ class Engine:
         priority: int | None,
         scheduled_at: datetime | None,
         max_attempts: int | None,
+        idempotency_key: str | None = None,
     ) -> NewTask:
         if not isinstance(task, Task):
             raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
@@ -418,6 +437,7 @@ class Engine:
                 else cls.MAX_ATTEMPTS or self.settings.worker.max_attempts
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
+            idempotency_key=validate_idempotency_key(idempotency_key),
         )
 
     @overload
@@ -430,7 +450,8 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> TaskRecord: ...
+        idempotency_key: str | None = None,
+    ) -> EnqueuedTask: ...
 
     @overload
     async def enqueue(
@@ -441,7 +462,8 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> TaskRecord: ...
+        idempotency_key: str | None = None,
+    ) -> EnqueuedTask: ...
 
     async def enqueue(
         self,
@@ -452,7 +474,8 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> TaskRecord:
+        idempotency_key: str | None = None,
+    ) -> EnqueuedTask:
         """Store a task for execution and wake a worker of its queue.
 
         Call as ``enqueue("emails", SendEmail(...))`` or ``enqueue(SendEmail(...))`` (the
@@ -463,25 +486,33 @@ class Engine:
             scheduled_at: timezone-aware earliest start; default now (database clock).
             max_attempts: attempts before failing for good; default the class's
                 ``MAX_ATTEMPTS``, else ``worker.max_attempts``.
+            idempotency_key: 1-255 characters naming this piece of work (an order id, a
+                request id). While a task of the queue holds the key, and for
+                ``worker.idempotency_retention`` after it finished, enqueuing the same work
+                with the key returns that task (``created`` False) instead of a new one.
 
         Returns:
-            The stored task.
+            The stored task; ``created`` is False when the key returned an existing task.
 
         Raises:
             UnknownTaskKind: the task's class is not registered with this engine.
-            InvalidTaskError: a bad queue name, priority, max_attempts, scheduled_at or an
-                oversized payload. Nothing was written.
+            InvalidTaskError: a bad queue name, priority, max_attempts, scheduled_at,
+                idempotency key or an oversized payload. Nothing was written.
+            IdempotencyConflict: the key belongs to a task with another kind or payload.
+                Nothing was written.
             StoreUnavailable: the database cannot be reached. Nothing was written.
         """
-        queue, the_task = _split(queue_or_task, task)
+        queue, the_task = split_queue_and_task(queue_or_task, task)
         new = self._prepare(
             queue,
             the_task,
             priority=priority,
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
         )
         (record,) = await self._store_new([new])
+        self._enqueued(record)
         return record
 
     @overload
@@ -494,7 +525,8 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> builtins.list[TaskRecord]: ...
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> builtins.list[EnqueuedTask]: ...
 
     @overload
     async def enqueue_many(
@@ -505,7 +537,8 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> builtins.list[TaskRecord]: ...
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> builtins.list[EnqueuedTask]: ...
 
     async def enqueue_many(
         self,
@@ -516,12 +549,37 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
-    ) -> builtins.list[TaskRecord]:
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> builtins.list[EnqueuedTask]:
         """Store many tasks in one statement (one round trip, one transaction: all or none).
 
-        Options apply to every task; tasks may be of different kinds. Returns the records in
-        the order given. Raises like :meth:`enqueue`; nothing is written on any error.
+        Options apply to every task; tasks may be of different kinds. ``idempotency_keys``,
+        when given, has one key (or None) per task, as for :meth:`enqueue`. Returns the
+        records in the order given. Raises like :meth:`enqueue`; nothing is written on any
+        error (an :class:`IdempotencyConflict` undoes the whole batch).
         """
+        prepared = self._prepare_many(
+            queue_or_tasks,
+            tasks,
+            priority=priority,
+            scheduled_at=scheduled_at,
+            max_attempts=max_attempts,
+            idempotency_keys=idempotency_keys,
+        )
+        records = await self._store_new(prepared)
+        self._enqueued(*records)
+        return records
+
+    def _prepare_many(
+        self,
+        queue_or_tasks: str | Sequence[Task],
+        tasks: Sequence[Task] | None,
+        *,
+        priority: int | None,
+        scheduled_at: datetime | None,
+        max_attempts: int | None,
+        idempotency_keys: Sequence[str | None] | None,
+    ) -> builtins.list[NewTask]:
         if isinstance(queue_or_tasks, str):
             queue: str | None = queue_or_tasks
             batch = tasks
@@ -531,17 +589,22 @@ class Engine:
         if given is None or isinstance(given, Task | str):
             raise InvalidTaskError("enqueue_many takes a sequence of tasks")
         assert batch is not None
-        prepared = [
+        keys: Sequence[str | None] = (
+            [None] * len(batch) if idempotency_keys is None else idempotency_keys
+        )
+        if isinstance(keys, str) or len(keys) != len(batch):
+            raise InvalidTaskError("idempotency_keys needs one key (or None) per task")
+        return [
             self._prepare(
                 queue,
                 item,
                 priority=priority,
                 scheduled_at=scheduled_at,
                 max_attempts=max_attempts,
+                idempotency_key=key,
             )
-            for item in batch
+            for item, key in zip(batch, keys, strict=True)
         ]
-        return await self._store_new(prepared)
 
     async def enqueue_payload(
         self,
@@ -552,8 +615,9 @@ class Engine:
         priority: int | None = None,
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
+        idempotency_key: str | None = None,
         validate: bool = True,
-    ) -> TaskRecord:
+    ) -> EnqueuedTask:
         """Enqueue by kind and JSON payload, for callers without the Task class at hand (the
         REST API, the CLI).
 
@@ -576,6 +640,7 @@ class Engine:
                 priority=priority,
                 scheduled_at=scheduled_at,
                 max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
             )
         if not isinstance(payload, dict):
             raise InvalidTaskError(
@@ -595,16 +660,22 @@ class Engine:
                 self.settings.worker.max_attempts if max_attempts is None else max_attempts
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
+            idempotency_key=validate_idempotency_key(idempotency_key),
         )
         (record,) = await self._store_new([new])
+        self._enqueued(record)
         return record
 
-    async def _store_new(self, tasks: builtins.list[NewTask]) -> builtins.list[TaskRecord]:
+    async def _store_new(
+        self, tasks: builtins.list[NewTask], transaction: StoreTransaction | None = None
+    ) -> builtins.list[EnqueuedTask]:
         """Insert prepared tasks under one producer span whose trace context they carry, so
-        every attempt of every task continues the enqueuing trace."""
+        every attempt of every task continues the enqueuing trace. The caller reports them
+        (:meth:`_enqueued`) once they are committed."""
         self._check_open()
         if not tasks:
             return []
+        unique, positions = dedupe_keys(tasks)
         attributes: dict[str, str | int] = {tracing.ATTR_COUNT: len(tasks)}
         if len({t.queue for t in tasks}) == 1:
             attributes[tracing.ATTR_QUEUE] = tasks[0].queue
@@ -615,23 +686,92 @@ class Engine:
         ):
             traceparent = tracing.current_traceparent()
             if traceparent is not None:
-                tasks = [t.model_copy(update={"traceparent": traceparent}) for t in tasks]
-            records = await self._store.enqueue(tasks)
-        for (queue, kind), count in Counter((r.queue, r.kind) for r in records).items():
+                unique = [t.model_copy(update={"traceparent": traceparent}) for t in unique]
+            target = self._store if transaction is None else transaction
+            stored = await target.enqueue(unique)
+        if len(stored) == len(tasks):
+            return stored
+        # A key repeated within the batch: the later tasks are the first one's duplicates.
+        results: builtins.list[EnqueuedTask] = []
+        returned: set[int] = set()
+        for n in positions:
+            record = stored[n]
+            results.append(
+                record.model_copy(update={"created": False}) if n in returned else record
+            )
+            returned.add(n)
+        return results
+
+    def _enqueued(self, *records: EnqueuedTask) -> None:
+        """Count and log committed enqueues (duplicates returned by a key are not new)."""
+        created = [r for r in records if r.created]
+        for (queue, kind), count in Counter((r.queue, r.kind) for r in created).items():
             self._metrics.tasks_enqueued.add(count, {"queue": queue, "kind": kind})
         if not debug_enabled(self._log):
-            return records
+            return
         for record in records:
-            self._log.debug(
-                "task_enqueued",
-                task_id=str(record.id),
-                queue=record.queue,
-                kind=record.kind,
-                priority=record.priority,
-                scheduled_at=record.scheduled_at.isoformat(),
+            fields = {
+                "task_id": str(record.id),
+                "queue": record.queue,
+                "kind": record.kind,
+                "priority": record.priority,
+                "scheduled_at": record.scheduled_at.isoformat(),
                 **({"payload": record.payload} if self._log_payload else {}),
-            )
-        return records
+            }
+            if record.created:
+                self._log.debug("task_enqueued", **fields)
+            else:
+                self._log.debug("task_enqueue_deduplicated", **fields)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A database transaction for the block, shared by your own SQL and enqueues::
+
+            async with engine.transaction() as tx:
+                await tx.execute(SAVE_ORDER, order_id, total)  # your statement, $1 style
+                await tx.enqueue(SendReceipt(order_id=order_id))
+
+        It commits when the block ends normally; an exception or a cancellation rolls it
+        back. Workers see the tasks (and are woken) only at commit; after a rollback they
+        never existed. The transaction holds one pooled connection for the whole block, so
+        keep it short.
+
+        Raises:
+            StoreUnavailable: no connection, or the database went away (rolled back).
+            StoreError: a statement or the commit failed (rolled back).
+        """
+        self._check_open()
+        async with self._store.transaction() as store_transaction:
+            handle = Transaction(self, store_transaction)
+            try:
+                yield handle
+            finally:
+                handle._close()
+        self._enqueued(*handle._records)
+
+    async def audit_log(
+        self, task_id: UUID | str, *, after: int | None = None, limit: int = 100
+    ) -> builtins.list[AuditEntry]:
+        """A task's audit trail in order (``database.audit_log``): one entry per state change.
+
+        Args:
+            after: keyset cursor: only entries after this audit id (pass the last ``id`` of
+                the previous page).
+            limit: page size, 1..1000.
+
+        Raises:
+            TaskNotFound: the task has no audit entry and does not exist.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidTaskError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+        if after is not None and not 0 <= after < 2**63:
+            raise InvalidTaskError(f"after must be an audit entry id (0..2**63-1), got {after}")
+        the_id = _as_uuid(task_id)
+        self._check_open()
+        entries = await self._store.audit_log(the_id, after=after, limit=limit)
+        if not entries and after is None and await self._store.get(the_id) is None:
+            raise TaskNotFound(the_id)
+        return entries
 
     async def ping(self) -> None:
         """One round trip to the database (for readiness probes).
@@ -744,16 +884,6 @@ class _GaugeSource:
             "in_use": stats.in_use,
             "waiting": stats.waiting,
         }
-
-
-def _split(queue_or_task: str | Task, task: Task | None) -> tuple[str | None, Task]:
-    if isinstance(queue_or_task, str):
-        if task is None:
-            raise InvalidTaskError("enqueue(queue, task): the task is missing")
-        return queue_or_task, task
-    if task is not None:
-        raise InvalidTaskError("enqueue(task) takes no second task; pass the queue first")
-    return None, queue_or_task
 
 
 def _as_uuid(value: UUID | str) -> UUID:

@@ -1,4 +1,5 @@
-"""Recovers tasks whose lease expired: their worker died, hung, or lost the database."""
+"""Recovers tasks whose lease expired (their worker died, hung, or lost the database) and
+frees idempotency keys past their retention."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from iron_defer_trio.errors import StoreError
 if TYPE_CHECKING:
     import random
     from datetime import datetime
+    from uuid import UUID
 
     from iron_defer_trio.engine._health import DatabaseHealth
     from iron_defer_trio.observability.logs import Logger
@@ -28,6 +30,8 @@ class SweepResult:
     """What one sweep did."""
 
     recovered: tuple[RecoveredTask, ...]
+    #: Idempotency keys of tasks finished longer than the retention ago, freed for reuse.
+    keys_freed: int = 0
 
     @property
     def requeued(self) -> int:
@@ -53,8 +57,12 @@ class Sweeper:
         *,
         interval: float,
         metrics: Metrics,
+        worker_id: UUID | None = None,
+        idempotency_retention: float = 86_400.0,
     ) -> None:
         self._metrics = metrics
+        self._worker_id = worker_id
+        self._retention = idempotency_retention
         self._store = store
         self._health = health
         self._log = log
@@ -62,10 +70,27 @@ class Sweeper:
         self._interval = interval
 
     async def run_once(self, *, now: datetime | None = None) -> SweepResult:
-        """Recover every task whose lease expired before ``now`` (None: the database clock)."""
+        """Recover every task whose lease expired before ``now`` (None: the database clock),
+        then free the idempotency keys past their retention."""
+        recovered = await self._recover(now)
+        freed = 0
+        while True:
+            count = await self._store.free_idempotency_keys(
+                retention=self._retention, limit=BATCH, now=now
+            )
+            freed += count
+            if count < BATCH:
+                break
+        if freed:
+            self._log.info("idempotency_keys_freed", count=freed)
+        return SweepResult(tuple(recovered), keys_freed=freed)
+
+    async def _recover(self, now: datetime | None) -> list[RecoveredTask]:
         recovered: list[RecoveredTask] = []
         while True:
-            batch = await self._store.recover_expired(limit=BATCH, now=now)
+            batch = await self._store.recover_expired(
+                limit=BATCH, worker_id=self._worker_id, now=now
+            )
             recovered.extend(batch)
             for task in batch:
                 self._metrics.lease_recoveries.add(
@@ -82,7 +107,7 @@ class Sweeper:
                     previous_worker=str(task.previous_worker),
                 )
             if len(batch) < BATCH:
-                return SweepResult(tuple(recovered))
+                return recovered
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sweep now, then every interval (with a little jitter so engines started together

@@ -157,7 +157,7 @@ class _BrokenSweeperStore(PostgresStore):
     """A real store whose sweeper query hits a bug."""
 
     async def recover_expired(
-        self, *, limit: int, now: datetime | None = None
+        self, *, limit: int, worker_id: UUID | None = None, now: datetime | None = None
     ) -> list[RecoveredTask]:
         raise RuntimeError("bug in the sweeper")
 

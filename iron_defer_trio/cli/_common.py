@@ -27,6 +27,7 @@ from iron_defer_trio._api import open_engine, with_running_embedded_database
 from iron_defer_trio.config import load_settings
 from iron_defer_trio.errors import (
     ConfigError,
+    IdempotencyConflict,
     InvalidTaskError,
     InvalidTransition,
     IronDeferError,
@@ -226,7 +227,7 @@ def describe(exc: BaseException) -> tuple[ExitCode, str]:
         return exc.code, exc.message
     if isinstance(exc, TaskNotFound):
         return ExitCode.NOT_FOUND, str(exc)
-    if isinstance(exc, InvalidTransition):
+    if isinstance(exc, InvalidTransition | IdempotencyConflict):
         return ExitCode.CONFLICT, str(exc)
     if isinstance(exc, ConfigError | InvalidTaskError):
         return ExitCode.USAGE, str(exc)
@@ -409,5 +410,6 @@ def task_detail(task: TaskOut) -> str:
         ("finished_at", timestamp(task.finished_at, precise=True)),
         ("claimed_by", "-" if task.claimed_by is None else str(task.claimed_by)),
         ("claimed_until", timestamp(task.claimed_until, precise=True)),
+        ("idempotency_key", "-" if task.idempotency_key is None else task.idempotency_key),
     ]
     return table(["FIELD", "VALUE"], rows)

@@ -1,5 +1,6 @@
 """``iron-defer-trio migrate``: apply pending schema migrations."""
 
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -21,6 +22,17 @@ def migrate(
             show_default=False,
         ),
     ] = None,
+    logged: Annotated[
+        bool | None,
+        typer.Option(
+            "--logged/--unlogged",
+            help="Also make the tasks table logged (durable, the default state) or UNLOGGED "
+            "(faster, emptied by crash recovery). A table rewrite under an exclusive lock: "
+            "stop the engines first. Engines with database.unlogged_tables convert to "
+            "UNLOGGED by themselves; going back is only done here.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Apply pending schema migrations (safe to run from many processes at once).
 
@@ -28,12 +40,15 @@ def migrate(
     """
     settings = CliState.of(ctx).load(database_url=database_url).settings
     settings = require_database(settings)
-    report = run(run_migrations, settings)
+    unlogged = None if logged is None else not logged
+    report = run(partial(run_migrations, unlogged=unlogged), settings)
     target = mask_dsn(settings.dsn())
     if report.applied:
         echo(f"applied migrations {list(report.applied)} to {target}")
     else:
         echo(f"{target} is up to date")
+    if logged is not None:
+        echo(f"the tasks table is {'logged' if logged else 'UNLOGGED'}")
     if report.unknown:
         typer.echo(
             f"warning: {target} has migrations {list(report.unknown)} that this version does "

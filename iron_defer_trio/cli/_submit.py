@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import JsonValue, ValidationError
 
-from iron_defer_trio import Task, TaskRecord
+from iron_defer_trio import EnqueuedTask, Task
 from iron_defer_trio._modules import load_task_classes
 from iron_defer_trio.cli._common import (
     CliError,
@@ -83,6 +83,17 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Name this submission (1-255 characters) so that running the command again "
+            "returns the same task instead of a new one (per queue; kept for "
+            "worker.idempotency_retention after the task finished).",
+            show_default=False,
+        ),
+    ] = None,
     app_modules: Annotated[
         list[str] | None,
         typer.Option(
@@ -122,7 +133,7 @@ def submit(
             _submit,
             settings,
             tasks,
-            _Request(kind, data, queue, priority, when, max_attempts, validate=not raw),
+            _Request(kind, data, queue, priority, when, max_attempts, idempotency_key, not raw),
         )
     except ValidationError as exc:
         raise CliError(
@@ -131,6 +142,13 @@ def submit(
             )
         ) from None
     task = TaskOut.from_record(record)
+    if not record.created:
+        # stderr: stdout stays the id (or the JSON) a script reads, whichever call made it.
+        typer.echo(
+            f"already submitted: idempotency key {idempotency_key!r} names task {task.id} "
+            f"({task.status.value}); nothing new was stored",
+            err=True,
+        )
     if as_json:
         print_json(task.to_json())
     else:
@@ -147,10 +165,11 @@ class _Request:
     priority: int | None
     scheduled_at: datetime | None
     max_attempts: int | None
+    idempotency_key: str | None
     validate: bool
 
 
-async def _submit(settings: Settings, tasks: list[type[Task]], request: _Request) -> TaskRecord:
+async def _submit(settings: Settings, tasks: list[type[Task]], request: _Request) -> EnqueuedTask:
     async with open_producer(settings, tasks) as engine:
         return await engine.enqueue_payload(
             request.queue,
@@ -159,6 +178,7 @@ async def _submit(settings: Settings, tasks: list[type[Task]], request: _Request
             priority=request.priority,
             scheduled_at=request.scheduled_at,
             max_attempts=request.max_attempts,
+            idempotency_key=request.idempotency_key,
             validate=request.validate,
         )
 

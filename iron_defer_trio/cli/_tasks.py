@@ -1,5 +1,6 @@
-"""``iron-defer-trio tasks list|get|cancel``: read and cancel tasks."""
+"""``iron-defer-trio tasks list|get|cancel|audit``: read and cancel tasks."""
 
+import json
 from typing import Annotated
 from uuid import UUID
 
@@ -13,15 +14,17 @@ from iron_defer_trio.cli._common import (
     parse_task_id,
     print_json,
     run,
+    table,
     task_detail,
     task_rows,
+    timestamp,
 )
 from iron_defer_trio.config import Settings
-from iron_defer_trio.http._schemas import DEFAULT_PAGE, MAX_PAGE, TaskOut, TaskPage
+from iron_defer_trio.http._schemas import DEFAULT_PAGE, MAX_PAGE, AuditPage, TaskOut, TaskPage
 
 tasks_app = typer.Typer(
     name="tasks",
-    help="List, inspect and cancel tasks.",
+    help="List, inspect and cancel tasks; show their audit trail.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -134,3 +137,68 @@ def cancel_task(ctx: typer.Context, task_id: TaskId, as_json: AsJson = False) ->
 async def _cancel(settings: Settings, task_id: UUID) -> TaskRecord:
     async with open_producer(settings) as engine:
         return await engine.cancel(task_id)
+
+
+@tasks_app.command("audit")
+def task_audit(
+    ctx: typer.Context,
+    task_id: TaskId,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", metavar="N", min=1, max=MAX_PAGE, help=f"Page size, 1..{MAX_PAGE}."
+        ),
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        int | None,
+        typer.Option(
+            "--cursor",
+            metavar="N",
+            min=0,
+            max=2**63 - 1,
+            help="Continue after a previous page: the 'next cursor' it printed.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the page as JSON (the REST API's GET /tasks/{id}/audit shape)."
+        ),
+    ] = False,
+) -> None:
+    """Show a task's audit trail, oldest first (recorded when database.audit_log is on)."""
+    the_id = parse_task_id(task_id)
+    page = run(_audit, database_settings(ctx), the_id, cursor, limit)
+    if as_json:
+        print_json(page.to_json())
+        return
+    if not page.items:
+        echo("no audit entries (is database.audit_log on?)" if cursor is None else "no more")
+    else:
+        echo(
+            table(
+                ["ID", "AT", "EVENT", "FROM", "TO", "ATTEMPT", "WORKER", "DETAILS"],
+                (
+                    (
+                        str(entry.id),
+                        timestamp(entry.at, precise=True),
+                        entry.event,
+                        "-" if entry.from_status is None else entry.from_status.value,
+                        entry.to_status.value,
+                        str(entry.attempt),
+                        "-" if entry.worker_id is None else str(entry.worker_id),
+                        "-" if entry.metadata is None else json.dumps(entry.metadata),
+                    )
+                    for entry in page.items
+                ),
+            )
+        )
+    if page.next_cursor is not None:
+        echo(f"next cursor: {page.next_cursor}")
+
+
+async def _audit(settings: Settings, task_id: UUID, after: int | None, limit: int) -> AuditPage:
+    async with open_producer(settings) as engine:
+        entries = await engine.audit_log(task_id, after=after, limit=limit + 1)
+    return AuditPage.from_entries(entries, limit)

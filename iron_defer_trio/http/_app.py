@@ -20,6 +20,7 @@ from iron_defer_trio.http._openapi import build_openapi
 from iron_defer_trio.http._routes import QueryParam, Route
 from iron_defer_trio.http._schemas import (
     MAX_PAGE,
+    AuditPage,
     CreateTask,
     Health,
     QueueList,
@@ -44,7 +45,10 @@ ROUTES: tuple[Route, ...] = (
         "createTask",
         "Enqueue a task",
         h.create_task,
-        {201: ("The task, stored and pending", TaskOut)},
+        {
+            201: ("The task, stored and pending", TaskOut),
+            200: ("The task the idempotency key already named; nothing new was stored", TaskOut),
+        },
         errors=(
             "MALFORMED_JSON",
             "PAYLOAD_TOO_LARGE",
@@ -52,9 +56,20 @@ ROUTES: tuple[Route, ...] = (
             "VALIDATION_FAILED",
             "UNKNOWN_KIND",
             "INVALID_TASK",
+            "IDEMPOTENCY_KEY_REUSED",
             "DATABASE_UNAVAILABLE",
         ),
         request_body=CreateTask,
+        headers=(
+            QueryParam(
+                "Idempotency-Key",
+                "1-255 characters naming this submission within the queue: a retry with the "
+                "same key and the same kind and payload returns the first task (200) while it "
+                "is active and for worker.idempotency_retention after it finished; different "
+                "work under the key is answered 409 IDEMPOTENCY_KEY_REUSED.",
+                {"type": "string", "minLength": 1, "maxLength": 255},
+            ),
+        ),
         tags=("tasks",),
     ),
     Route(
@@ -97,6 +112,28 @@ ROUTES: tuple[Route, ...] = (
         h.get_task,
         {200: ("The task", TaskOut)},
         errors=_TASK_ERRORS,
+        tags=("tasks",),
+    ),
+    Route(
+        "GET",
+        "/tasks/{id}/audit",
+        "getTaskAudit",
+        "A task's audit trail, oldest first (database.audit_log)",
+        h.task_audit,
+        {200: ("One page of audit entries (empty when the audit log is off)", AuditPage)},
+        errors=(*_TASK_ERRORS, "INVALID_QUERY"),
+        query=(
+            QueryParam(
+                "limit",
+                f"Page size, 1..{MAX_PAGE} (default 50).",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+            ),
+            QueryParam(
+                "cursor",
+                "The nextCursor of the previous page.",
+                {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            ),
+        ),
         tags=("tasks",),
     ),
     Route(

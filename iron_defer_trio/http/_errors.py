@@ -15,6 +15,7 @@ from iron_defer_trio.errors import (
     ConfigError,
     EngineClosed,
     EngineCrashed,
+    IdempotencyConflict,
     InvalidTaskError,
     InvalidTransition,
     IronDeferError,
@@ -35,6 +36,7 @@ PROBLEM_JSON = "application/problem+json"
 ERROR_TABLE: dict[type[IronDeferError], tuple[int, str]] = {
     TaskNotFound: (404, "TASK_NOT_FOUND"),
     InvalidTransition: (409, "INVALID_TRANSITION"),
+    IdempotencyConflict: (409, "IDEMPOTENCY_KEY_REUSED"),
     UnknownTaskKind: (422, "UNKNOWN_KIND"),
     InvalidTaskError: (422, "INVALID_TASK"),
     StoreUnavailable: (503, "DATABASE_UNAVAILABLE"),
@@ -55,6 +57,7 @@ CODES: dict[str, int] = {
     "TASK_NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
     "INVALID_TRANSITION": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
     "PAYLOAD_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "VALIDATION_FAILED": 422,

@@ -19,6 +19,7 @@ from iron_defer_trio.http._errors import ApiError
 from iron_defer_trio.http._schemas import (
     DEFAULT_PAGE,
     MAX_PAGE,
+    AuditPage,
     CreateTask,
     FieldProblem,
     Health,
@@ -144,6 +145,7 @@ async def create_task() -> Response:
         raise ApiError(
             "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
         ) from None
+    key = _idempotency_key(create)
     # The caller's W3C trace context (traceparent header): the task's attempts join its trace.
     token = tracing.attach(tracing.context_from_headers(dict(request.headers)))
     try:
@@ -154,6 +156,7 @@ async def create_task() -> Response:
             priority=create.priority,
             scheduled_at=create.scheduled_at,
             max_attempts=create.max_attempts,
+            idempotency_key=key,
         )
     except ValidationError as exc:
         raise ApiError(
@@ -163,9 +166,27 @@ async def create_task() -> Response:
         ) from None
     finally:
         tracing.detach(token)
+    # 200 for a retried submission: the task its key already named, nothing new stored.
     return json_response(
-        TaskOut.from_record(record), status=201, headers={"Location": f"/tasks/{record.id}"}
+        TaskOut.from_record(record),
+        status=201 if record.created else 200,
+        headers={"Location": f"/tasks/{record.id}"},
     )
+
+
+def _idempotency_key(create: CreateTask) -> str | None:
+    """The Idempotency-Key header or the body's idempotencyKey (equal when both are given)."""
+    values = request.headers.getlist("Idempotency-Key")
+    if len(values) > 1:
+        raise ApiError("VALIDATION_FAILED", "the Idempotency-Key header is given more than once")
+    header = values[0] if values else None
+    if header is not None and create.idempotency_key not in (None, header):
+        raise ApiError(
+            "VALIDATION_FAILED",
+            "the Idempotency-Key header and the body's idempotencyKey differ",
+            errors=[FieldProblem(field="idempotencyKey", message="differs from the header")],
+        )
+    return header if header is not None else create.idempotency_key
 
 
 async def list_tasks() -> Response:
@@ -194,6 +215,27 @@ async def get_task(id: str) -> Response:
     """GET /tasks/{id}."""
     record = await state().engine.get(_task_id(id))
     return json_response(TaskOut.from_record(record))
+
+
+class AuditQuery(WireModel):
+    """Query string of GET /tasks/{id}/audit."""
+
+    limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    cursor: int | None = Field(default=None, ge=0, le=2**63 - 1)  # a bigint
+
+
+async def task_audit(id: str) -> Response:
+    """GET /tasks/{id}/audit."""
+    try:
+        query = AuditQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            "INVALID_QUERY", "invalid query parameters", errors=field_problems(exc)
+        ) from None
+    entries = await state().engine.audit_log(
+        _task_id(id), after=query.cursor, limit=query.limit + 1
+    )
+    return json_response(AuditPage.from_entries(entries, query.limit))
 
 
 async def cancel_task(id: str) -> Response:

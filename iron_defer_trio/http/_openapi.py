@@ -73,6 +73,15 @@ def _operation(route: Route) -> dict[str, Any]:
             "schema": param.schema,
         }
         for param in route.query
+    ] + [
+        {
+            "name": param.name,
+            "in": "header",
+            "required": False,
+            "description": param.description,
+            "schema": param.schema,
+        }
+        for param in route.headers
     ]
     if "{id}" in route.path:
         parameters.insert(

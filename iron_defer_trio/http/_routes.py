@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class QueryParam:
-    """One query-string parameter, for the OpenAPI document."""
+    """One query-string parameter or request header, for the OpenAPI document."""
 
     name: str
     description: str
@@ -39,6 +39,8 @@ class Route:
     errors: tuple[str, ...] = ()
     request_body: type[WireModel] | None = None
     query: tuple[QueryParam, ...] = ()
+    #: Request headers the endpoint reads (documented like query parameters).
+    headers: tuple[QueryParam, ...] = ()
     #: False for the health probes: they never require the API token.
     authenticated: bool = True
     #: Media type of the success body when it is not JSON.

@@ -13,8 +13,13 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StrictInt
 from pydantic.alias_generators import to_camel
 
-from iron_defer_trio.domain import QueueStatistics, TaskRecord, TaskStatus
-from iron_defer_trio.domain.limits import MAX_ATTEMPTS_LIMIT, MAX_PRIORITY, MIN_PRIORITY
+from iron_defer_trio.domain import AuditEntry, QueueStatistics, TaskRecord, TaskStatus
+from iron_defer_trio.domain.limits import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,11 +63,13 @@ class TaskOut(WireModel):
     finished_at: datetime | None
     #: W3C trace context of the code that enqueued the task (null when not traced).
     traceparent: str | None = None
+    #: The producer's idempotency key (null when none, or once its retention has passed).
+    idempotency_key: str | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:
         """Convert a domain record."""
-        return cls.model_validate(record.model_dump())
+        return cls.model_validate(record.model_dump(exclude={"created"}))
 
 
 class TaskPage(WireModel):
@@ -97,6 +104,53 @@ class CreateTask(WireModel):
     #: RFC 3339 with a timezone; default now.
     scheduled_at: AwareDatetime | None = None
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    #: Deduplicates retries of this request within the queue (same as the Idempotency-Key
+    #: header; give one or the other, or both equal).
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH, pattern=r"^[^\x00]*$"
+    )
+
+
+class AuditEntryOut(WireModel):
+    """One state change of a task."""
+
+    id: int
+    task_id: UUID
+    #: enqueue, claim, complete, retry, fail, cancel, recover or release.
+    event: str
+    #: null for enqueue.
+    from_status: TaskStatus | None
+    to_status: TaskStatus
+    at: datetime
+    attempt: int
+    #: The engine that made the change (null for enqueue and cancel).
+    worker_id: UUID | None
+    trace_id: str | None
+    #: e.g. {"error": "..."} for retry and fail, {"reason": "shutdown"} for release.
+    metadata: dict[str, JsonValue] | None
+
+    @classmethod
+    def from_entry(cls, entry: AuditEntry) -> AuditEntryOut:
+        """Convert a domain entry."""
+        return cls.model_validate(entry.model_dump())
+
+
+class AuditPage(WireModel):
+    """One page of GET /tasks/{id}/audit, oldest first."""
+
+    items: list[AuditEntryOut]
+    #: Pass as ``cursor`` to get the next page; null on the last page.
+    next_cursor: str | None
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[AuditEntry], limit: int) -> AuditPage:
+        """A page from up to ``limit + 1`` entries (the extra one tells another page exists)."""
+        page = entries[:limit]
+        more = len(entries) > limit and bool(page)
+        return cls(
+            items=[AuditEntryOut.from_entry(e) for e in page],
+            next_cursor=str(page[-1].id) if more else None,
+        )
 
 
 class QueueOut(WireModel):

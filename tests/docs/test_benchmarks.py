@@ -54,3 +54,39 @@ def test_benchmark_command_runs_and_writes_its_results(tmp_path: Path) -> None:
     table = (tmp_path / "table.md").read_text()
     assert "| drain 500 at concurrency 50 (tasks/s) |" in table
     assert table in result.stdout
+
+
+def test_submission_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
+    database = pg.unique_name("iron_defer_bench_submission_smoke")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.submission",
+                "--rounds",
+                "1",
+                "--single",
+                "20",
+                "--bulk",
+                "600",
+                "--dsn",
+                pg.ADMIN_DSN,
+                "--database",
+                database,
+                "--out",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "submission.json").read_text())
+    assert set(results["median"]) == {"plain", "key", "audit", "key+audit"}
+    assert all(v["single"] > 0 and v["bulk"] > 0 for v in results["median"].values())
+    assert "| key+audit |" in (tmp_path / "submission.md").read_text()

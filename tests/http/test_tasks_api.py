@@ -85,6 +85,7 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "startedAt",
         "finishedAt",
         "traceparent",
+        "idempotencyKey",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"

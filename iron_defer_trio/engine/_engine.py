@@ -426,7 +426,7 @@ class Engine:
         except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
             raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
         validate_payload_json(payload_json)
-        return NewTask(
+        return NewTask.model_construct(
             queue=validate_queue_name(queue or cls.QUEUE or "default"),
             kind=kind,
             payload_json=payload_json,
@@ -651,7 +651,7 @@ class Engine:
         except (ValueError, RecursionError) as exc:
             raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
         validate_payload_json(payload_json)
-        new = NewTask(
+        new = NewTask.model_construct(
             queue=validate_queue_name(queue or "default"),
             kind=validate_kind(kind),
             payload_json=payload_json,

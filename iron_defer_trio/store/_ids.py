@@ -4,11 +4,23 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from uuid import UUID
 
 _last_ms = 0
 _sequence = 0
+# The random bits only keep ids of different processes apart (ids are not secrets: the API
+# token guards access), so a seeded generator does, at a fraction of a getrandom() call per
+# id. Reseeded in a forked child, which would otherwise repeat its parent's bits.
+_random = random.Random(os.urandom(16))
+
+
+def _reseed() -> None:
+    _random.seed(os.urandom(16))
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def uuid7() -> UUID:
@@ -21,13 +33,13 @@ def uuid7() -> UUID:
     now_ms = time.time_ns() // 1_000_000
     if now_ms > _last_ms:
         _last_ms = now_ms
-        _sequence = int.from_bytes(os.urandom(2), "big") & 0x1FF  # leave room to count up
+        _sequence = _random.getrandbits(9)  # leave room to count up
     else:
         _sequence += 1
         if _sequence > 0xFFF:
             _last_ms += 1
             _sequence = 0
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = _random.getrandbits(62)
     value = (_last_ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
     value |= _sequence << 64

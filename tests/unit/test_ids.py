@@ -8,13 +8,13 @@ import time
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import pytest
+
 from iron_defer_trio.store import _ids
 from iron_defer_trio.store._ids import uuid7
 
 if TYPE_CHECKING:
     from uuid import UUID
-
-    import pytest
 
 
 def _timestamp_ms(value: UUID) -> int:
@@ -79,3 +79,24 @@ def test_uuid7_random_bits_differ_between_calls() -> None:
     """The 62 random bits are not constant (ids are not guessable from their timestamp)."""
     randoms = {uuid7().int & ((1 << 62) - 1) for _ in range(50)}
     assert len(randoms) == 50
+
+
+# Python 3.12+ warns about fork() in a process with threads; the child only writes and exits.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_does_not_repeat_its_parents_random_bits() -> None:
+    """The random part of ids comes from a seeded generator: a child forked from this
+    process must reseed it, or both would draw the same bits (and, in the same millisecond,
+    the same ids)."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next draw and leave at once
+        os.write(write, _ids._random.getrandbits(64).to_bytes(8, "big"))
+        os._exit(0)
+    os.close(write)
+    parent = _ids._random.getrandbits(64)
+    child = int.from_bytes(os.read(read, 8), "big")
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != parent

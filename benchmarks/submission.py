@@ -23,6 +23,7 @@ import trio
 
 import iron_defer_trio as iron_defer
 from benchmarks import run
+from benchmarks.iron_side import quiet_production_logging
 
 VARIANTS = (
     ("plain", False, False),
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=run.OUT)
     args = parser.parse_args()
     dsn = run.fresh(args.dsn, args.database)
+    quiet_production_logging()  # as `serve` logs in production, written nowhere
     results = trio.run(measure, dsn, args.rounds, args.single, args.bulk)
     results["conditions"] = run.conditions(dsn)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,10 @@ MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
 MAX_PAYLOAD_BYTES = 1024 * 1024
 #: last_error keeps the head of long messages (tracebacks are logged, not stored).
 MAX_ERROR_BYTES = 4096
+#: A checkpoint is progress to resume from, not a data store (it sits in the hot table).
+MAX_CHECKPOINT_BYTES = 1024 * 1024
+#: Longest attempt timeout: 30 days.
+MAX_TIMEOUT = 30 * 86_400.0
 #: Idempotency keys are producer identifiers (order ids, request ids), not data.
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: The highest max_attempts accepted; attempts is an INTEGER and a retry loop past this is a bug.
@@ -154,3 +158,32 @@ def validate_idempotency_key(key: str | None) -> str | None:
     if "\x00" in key:
         raise InvalidTaskError("invalid idempotency key: it contains a NUL character")
     return key
+
+
+def validate_timeout(seconds: float | None) -> float | None:
+    """Return ``seconds`` (as a float) if it is None or a valid attempt timeout, else raise
+    :class:`InvalidTaskError`."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidTaskError(f"timeout must be a number of seconds, got {seconds!r}")
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise InvalidTaskError(
+            f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {seconds!r}"
+        )
+    return float(seconds)
+
+
+def validate_checkpoint_json(encoded: str) -> None:
+    """Raise if a JSON-encoded checkpoint is over :data:`MAX_CHECKPOINT_BYTES` or holds a NUL
+    character."""
+    size = len(_utf8(encoded, "checkpoint"))
+    if size > MAX_CHECKPOINT_BYTES:
+        raise InvalidTaskError(
+            f"checkpoint is {size} bytes encoded as JSON; the limit is {MAX_CHECKPOINT_BYTES} "
+            "bytes: keep progress markers there and the data itself elsewhere"
+        )
+    if _JSON_NUL.search(encoded):
+        raise InvalidTaskError(
+            "checkpoint contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        )

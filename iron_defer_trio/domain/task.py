@@ -3,15 +3,23 @@ receives, and the records the store returns."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from iron_defer_trio.domain.limits import validate_checkpoint_json
 from iron_defer_trio.domain.retry import RetryPolicy
 from iron_defer_trio.domain.status import TaskStatus
+from iron_defer_trio.errors import InvalidTaskError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
 class Task(BaseModel):
@@ -28,8 +36,8 @@ class Task(BaseModel):
                 ...
 
     Optional class attributes set per-class defaults that ``enqueue`` arguments override:
-    ``QUEUE`` (used when enqueue names no queue), ``PRIORITY``, ``MAX_ATTEMPTS`` and ``RETRY``
-    (a :class:`RetryPolicy`).
+    ``QUEUE`` (used when enqueue names no queue), ``PRIORITY``, ``MAX_ATTEMPTS``, ``RETRY``
+    (a :class:`RetryPolicy`) and ``ATTEMPT_TIMEOUT`` (seconds).
 
     Tasks are frozen and reject unknown fields, so a typo in a submitted payload is an error
     rather than a silently ignored value. Override ``model_config`` to relax that.
@@ -49,6 +57,8 @@ class Task(BaseModel):
     MAX_ATTEMPTS: ClassVar[int | None] = None
     #: Backoff between attempts (the engine's ``worker.base_delay``/``max_delay`` when None).
     RETRY: ClassVar[RetryPolicy | None] = None
+    #: Seconds an attempt may run before it fails as timed out (no limit when None).
+    ATTEMPT_TIMEOUT: ClassVar[float | None] = None
 
     async def execute(self, ctx: TaskContext) -> None:
         """Do the work. Returning completes the task; raising fails this attempt.
@@ -87,11 +97,46 @@ class TaskContext:
     scheduled_at: datetime
     #: A logger already bound with task_id, queue, kind, attempt and worker_id.
     log: TaskLogger = field(repr=False)
+    #: Progress saved by :meth:`checkpoint` in an earlier attempt (None when there is none).
+    #: It is what the attempt started with: a checkpoint written now shows in the next one.
+    last_checkpoint: JsonValue = field(default=None, repr=False)
+    #: Seconds this attempt may run before it fails as timed out (None: no limit).
+    attempt_timeout: float | None = None
+    #: Writes a checkpoint (given by the engine; None outside an engine, e.g. in unit tests).
+    save_checkpoint: Callable[[str], Awaitable[None]] | None = field(default=None, repr=False)
 
     @property
     def is_last_attempt(self) -> bool:
         """True when a failure of this attempt fails the task for good."""
         return self.attempt >= self.max_attempts
+
+    async def checkpoint(self, data: JsonValue | BaseModel) -> None:
+        """Save progress (any JSON value, or a pydantic model) durably, without ending the
+        attempt: if this attempt dies (crash, lost lease, failure) the next one finds it in
+        :attr:`last_checkpoint`. Each call replaces the previous checkpoint; completing the
+        task clears it.
+
+        Raises:
+            InvalidTaskError: ``data`` is over 1 MiB as JSON, or cannot be encoded.
+            trio.Cancelled: the attempt lost its lease (another worker owns the task now).
+        """
+        if isinstance(data, BaseModel):
+            encoded = data.model_dump_json()
+        else:
+            try:
+                encoded = json.dumps(data, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidTaskError(f"the checkpoint cannot be encoded as JSON: {exc}") from None
+        validate_checkpoint_json(encoded)
+        if self.save_checkpoint is None:
+            raise InvalidTaskError("checkpoint() needs a running engine (no writer was given)")
+        await self.save_checkpoint(encoded)
+
+    def last_checkpoint_as(self, model: type[_ModelT]) -> _ModelT | None:
+        """:attr:`last_checkpoint` validated as ``model`` (None when there is none)."""
+        if self.last_checkpoint is None:
+            return None
+        return model.model_validate(self.last_checkpoint)
 
 
 class TaskRecord(BaseModel):
@@ -128,6 +173,10 @@ class TaskRecord(BaseModel):
     #: The producer's idempotency key, unique in the queue while the task is active and for
     #: ``worker.idempotency_retention`` after it finished (then None: the key is free again).
     idempotency_key: str | None = None
+    #: The handler's latest saved progress (``ctx.checkpoint``); cleared on completion.
+    checkpoint: JsonValue = None
+    #: Seconds an attempt may run before it fails as timed out (None: no limit).
+    attempt_timeout: float | None = None
 
 
 class EnqueuedTask(TaskRecord):
@@ -181,6 +230,8 @@ class NewTask(BaseModel):
     traceparent: str | None = None
     #: Deduplicates submissions per queue (None: always a new task).
     idempotency_key: str | None = None
+    #: Attempt timeout in seconds (None: no limit).
+    attempt_timeout: float | None = None
 
 
 class QueueStatistics(BaseModel):

@@ -296,6 +296,7 @@ class PostgresStore:
                 task.traceparent,
                 task.idempotency_key,
                 audit,
+                task.attempt_timeout,
             )
         return TASKS["enqueue"], (
             [uuid7() for _ in tasks],
@@ -308,6 +309,7 @@ class PostgresStore:
             [t.traceparent for t in tasks],
             [t.idempotency_key for t in tasks],
             audit,
+            [t.attempt_timeout for t in tasks],
         )
 
     @asynccontextmanager
@@ -328,6 +330,12 @@ class PostgresStore:
                 # Not rolled back (timeout, lost connection): the pool terminates it.
                 raise
             await self._bridge.call(_aio_commit, handle)
+
+    async def save_checkpoint(
+        self, worker_id: UUID, task_id: UUID, attempt: int, checkpoint_json: str
+    ) -> bool:
+        rows = await self._fetch("save_checkpoint", worker_id, task_id, attempt, checkpoint_json)
+        return bool(rows)
 
     async def audit_log(self, task_id: UUID, *, after: int | None, limit: int) -> list[AuditEntry]:
         rows = await self._fetch("audit_log", task_id, after, limit)

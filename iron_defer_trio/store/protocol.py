@@ -160,6 +160,13 @@ class TaskStore(Protocol):
         """A transaction for the block: committed at its end, rolled back if it raises."""
         ...
 
+    async def save_checkpoint(
+        self, worker_id: UUID, task_id: UUID, attempt: int, checkpoint_json: str
+    ) -> bool:
+        """Store a running attempt's progress, only while ``worker_id`` still holds that
+        attempt; False when it no longer does (the lease was lost)."""
+        ...
+
     async def audit_log(self, task_id: UUID, *, after: int | None, limit: int) -> list[AuditEntry]:
         """A task's audit entries in order, strictly after audit id ``after``."""
         ...

@@ -56,6 +56,7 @@ EXPECTED_CHECKS = {
     "tasks_traceparent_format",
     "tasks_scheduled_at_finite",
     "tasks_idempotency_key_length",
+    "tasks_attempt_timeout_range",
 }
 
 

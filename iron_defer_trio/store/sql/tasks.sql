@@ -3,7 +3,7 @@
 -- key its queue already holds is not inserted: the holder comes back with created = false,
 -- or, when the holder is different work (kind or payload), the whole statement fails with
 -- SQLSTATE IDK09. Wakes the queues of new due tasks on commit; audits new tasks when $10.
--- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[], $9 idempotency keys text[], $10 audit bool
+-- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[], $9 idempotency keys text[], $10 audit bool, $11 attempt timeouts float8[]
 -- ON CONFLICT DO UPDATE (a no-op write of the key) rather than DO NOTHING: it returns the
 -- holder even when the holder committed after this statement's snapshot, so concurrent
 -- duplicates resolve in one statement without a retry. "match" pairs each written row with
@@ -13,17 +13,17 @@ WITH input AS (
            CASE WHEN i.idempotency_key IS NULL THEN i.id::text
                 ELSE i.queue || U&'\001F' || i.idempotency_key END AS match
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[], $9::text[])
+                $7::timestamptz[], $8::text[], $9::text[], $11::float8[])
         WITH ORDINALITY
         AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-             idempotency_key, n)
+             idempotency_key, attempt_timeout, n)
 ),
 written AS (
     INSERT INTO iron_defer.tasks
         (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-         idempotency_key)
+         idempotency_key, attempt_timeout)
     SELECT id, queue, kind, document, priority, max_attempts, coalesce(scheduled_at, now()),
-           traceparent, idempotency_key
+           traceparent, idempotency_key, attempt_timeout
     FROM input
     -- Keys are taken in one global order, so batches racing on the same keys wait for each
     -- other instead of deadlocking.
@@ -58,12 +58,13 @@ ORDER BY result.n;
 
 -- name: enqueue_one
 -- The enqueue statement for one task (the common case, cheaper than the array form).
--- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool
+-- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool, $11 attempt timeout seconds
 WITH written AS (
     INSERT INTO iron_defer.tasks
         (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-         idempotency_key)
-    VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8, $9)
+         idempotency_key, attempt_timeout)
+    VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8, $9,
+            $11::float8)
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL
         DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
     RETURNING *
@@ -158,6 +159,15 @@ audited AS (
 )
 SELECT * FROM claimed;
 
+-- name: save_checkpoint
+-- Store a running attempt's progress, fenced like its outcome (this worker, same attempt);
+-- no row when the attempt lost its lease.
+-- params: $1 worker id, $2 task id, $3 attempt, $4 checkpoint (JSON text)
+UPDATE iron_defer.tasks
+SET checkpoint = $4::text::jsonb, updated_at = now()
+WHERE id = $2 AND claimed_by = $1 AND attempts = $3
+RETURNING id;
+
 -- name: heartbeat
 -- Extend the leases of the listed tasks still running under this worker; report the
 -- attempt each is at, so a stale local attempt can tell it lost its lease.
@@ -209,6 +219,8 @@ updated AS (
         END,
         claimed_by = NULL,
         claimed_until = NULL,
+        -- Progress is kept for the next attempt, and dropped once there is none.
+        checkpoint = CASE WHEN o.status = 'completed' THEN NULL ELSE t.checkpoint END,
         finished_at = CASE
             WHEN o.status = 'pending' THEN NULL
             ELSE coalesce($8::timestamptz, now())

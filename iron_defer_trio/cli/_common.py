@@ -411,5 +411,10 @@ def task_detail(task: TaskOut) -> str:
         ("claimed_by", "-" if task.claimed_by is None else str(task.claimed_by)),
         ("claimed_until", timestamp(task.claimed_until, precise=True)),
         ("idempotency_key", "-" if task.idempotency_key is None else task.idempotency_key),
+        ("attempt_timeout", "-" if task.attempt_timeout is None else f"{task.attempt_timeout:g}s"),
+        (
+            "checkpoint",
+            "-" if task.checkpoint is None else json.dumps(task.checkpoint, ensure_ascii=False),
+        ),
     ]
     return table(["FIELD", "VALUE"], rows)

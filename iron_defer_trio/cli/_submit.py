@@ -83,6 +83,16 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    attempt_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--attempt-timeout",
+            metavar="SECONDS",
+            help="Seconds an attempt may run before it fails as timed out (default: the "
+            "class's ATTEMPT_TIMEOUT, else no limit).",
+            show_default=False,
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -133,7 +143,17 @@ def submit(
             _submit,
             settings,
             tasks,
-            _Request(kind, data, queue, priority, when, max_attempts, idempotency_key, not raw),
+            _Request(
+                kind,
+                data,
+                queue,
+                priority,
+                when,
+                max_attempts,
+                idempotency_key,
+                attempt_timeout,
+                not raw,
+            ),
         )
     except ValidationError as exc:
         raise CliError(
@@ -166,6 +186,7 @@ class _Request:
     scheduled_at: datetime | None
     max_attempts: int | None
     idempotency_key: str | None
+    attempt_timeout: float | None
     validate: bool
 
 
@@ -179,6 +200,7 @@ async def _submit(settings: Settings, tasks: list[type[Task]], request: _Request
             scheduled_at=request.scheduled_at,
             max_attempts=request.max_attempts,
             idempotency_key=request.idempotency_key,
+            attempt_timeout=request.attempt_timeout,
             validate=request.validate,
         )
 

@@ -51,6 +51,7 @@ from iron_defer_trio.domain.limits import (
     validate_priority,
     validate_queue_name,
     validate_scheduled_at,
+    validate_timeout,
 )
 from iron_defer_trio.engine._arguments import dedupe_keys, split_queue_and_task
 from iron_defer_trio.engine._completer import Completer
@@ -416,6 +417,7 @@ class Engine:
         scheduled_at: datetime | None,
         max_attempts: int | None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> NewTask:
         if not isinstance(task, Task):
             raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
@@ -438,6 +440,9 @@ class Engine:
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
             idempotency_key=validate_idempotency_key(idempotency_key),
+            attempt_timeout=validate_timeout(
+                cls.ATTEMPT_TIMEOUT if attempt_timeout is None else attempt_timeout
+            ),
         )
 
     @overload
@@ -451,6 +456,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask: ...
 
     @overload
@@ -463,6 +469,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask: ...
 
     async def enqueue(
@@ -475,6 +482,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask:
         """Store a task for execution and wake a worker of its queue.
 
@@ -490,6 +498,9 @@ class Engine:
                 request id). While a task of the queue holds the key, and for
                 ``worker.idempotency_retention`` after it finished, enqueuing the same work
                 with the key returns that task (``created`` False) instead of a new one.
+            attempt_timeout: seconds an attempt may run before it fails as timed out (and
+                is retried like any failure); default the class's ``ATTEMPT_TIMEOUT``, else
+                no limit.
 
         Returns:
             The stored task; ``created`` is False when the key returned an existing task.
@@ -510,6 +521,7 @@ class Engine:
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            attempt_timeout=attempt_timeout,
         )
         (record,) = await self._store_new([new])
         self._enqueued(record)
@@ -526,6 +538,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
+        attempt_timeout: float | None = None,
     ) -> builtins.list[EnqueuedTask]: ...
 
     @overload
@@ -538,6 +551,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
+        attempt_timeout: float | None = None,
     ) -> builtins.list[EnqueuedTask]: ...
 
     async def enqueue_many(
@@ -550,6 +564,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
+        attempt_timeout: float | None = None,
     ) -> builtins.list[EnqueuedTask]:
         """Store many tasks in one statement (one round trip, one transaction: all or none).
 
@@ -565,6 +580,7 @@ class Engine:
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
             idempotency_keys=idempotency_keys,
+            attempt_timeout=attempt_timeout,
         )
         records = await self._store_new(prepared)
         self._enqueued(*records)
@@ -579,6 +595,7 @@ class Engine:
         scheduled_at: datetime | None,
         max_attempts: int | None,
         idempotency_keys: Sequence[str | None] | None,
+        attempt_timeout: float | None = None,
     ) -> builtins.list[NewTask]:
         if isinstance(queue_or_tasks, str):
             queue: str | None = queue_or_tasks
@@ -602,6 +619,7 @@ class Engine:
                 scheduled_at=scheduled_at,
                 max_attempts=max_attempts,
                 idempotency_key=key,
+                attempt_timeout=attempt_timeout,
             )
             for item, key in zip(batch, keys, strict=True)
         ]
@@ -616,6 +634,7 @@ class Engine:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
         validate: bool = True,
     ) -> EnqueuedTask:
         """Enqueue by kind and JSON payload, for callers without the Task class at hand (the
@@ -641,6 +660,7 @@ class Engine:
                 scheduled_at=scheduled_at,
                 max_attempts=max_attempts,
                 idempotency_key=idempotency_key,
+                attempt_timeout=attempt_timeout,
             )
         if not isinstance(payload, dict):
             raise InvalidTaskError(
@@ -661,6 +681,7 @@ class Engine:
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
             idempotency_key=validate_idempotency_key(idempotency_key),
+            attempt_timeout=validate_timeout(attempt_timeout),
         )
         (record,) = await self._store_new([new])
         self._enqueued(record)

@@ -67,6 +67,7 @@ class Transaction:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask: ...
 
     @overload
@@ -79,6 +80,7 @@ class Transaction:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask: ...
 
     async def enqueue(
@@ -91,6 +93,7 @@ class Transaction:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | None = None,
     ) -> EnqueuedTask:
         """:meth:`Engine.enqueue` inside this transaction: one INSERT statement, visible to
         workers (and waking them) only at commit."""
@@ -103,6 +106,7 @@ class Transaction:
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            attempt_timeout=attempt_timeout,
         )
         (record,) = await self._engine._store_new([new], transaction)
         self._records.append(record)
@@ -118,6 +122,7 @@ class Transaction:
         scheduled_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
+        attempt_timeout: float | None = None,
     ) -> builtins.list[EnqueuedTask]:
         """:meth:`Engine.enqueue_many` inside this transaction."""
         transaction = self._open()
@@ -128,6 +133,7 @@ class Transaction:
             scheduled_at=scheduled_at,
             max_attempts=max_attempts,
             idempotency_keys=idempotency_keys,
+            attempt_timeout=attempt_timeout,
         )
         records = await self._engine._store_new(prepared, transaction)
         self._records.extend(records)

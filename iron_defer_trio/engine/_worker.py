@@ -15,9 +15,11 @@ than ``MAX_OUTCOME_BACKLOG`` outcomes wait to be written, the loop does not clai
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from traceback import format_exception
 from typing import TYPE_CHECKING
 
@@ -462,9 +464,16 @@ class QueueWorker:
             worker_id=self._worker_id,
             scheduled_at=record.scheduled_at,
             log=log,
+            last_checkpoint=record.checkpoint,
+            attempt_timeout=record.attempt_timeout,
+            save_checkpoint=partial(self._save_checkpoint, running),
+        )
+        # The attempt's timeout counts from when the handler starts (the scope's entry).
+        limit = trio.CancelScope(
+            relative_deadline=math.inf if record.attempt_timeout is None else record.attempt_timeout
         )
         try:
-            with running.scope:
+            with running.scope, limit:
                 await task.execute(ctx)
         except TaskError as exc:
             return self._failure(record, str(exc), cls.RETRY, retry=exc.retry, exception=exc)
@@ -474,7 +483,24 @@ class QueueWorker:
             return self._failure(record, f"{type(exc).__name__}: {exc}", cls.RETRY, exception=exc)
         if running.scope.cancelled_caught and running.lease_lost:
             return None  # another worker owns the task now; writing would be refused anyway
+        if limit.cancelled_caught:
+            return self._failure(
+                record,
+                f"timed out: the attempt ran longer than {record.attempt_timeout:g} s",
+                cls.RETRY,
+                exception=None,
+            )
         return Outcome(record.id, record.attempts, OutcomeKind.COMPLETED)
+
+    async def _save_checkpoint(self, running: Running, encoded: str) -> None:
+        """``ctx.checkpoint``'s writer: fenced on this attempt; a refused write means the
+        lease is lost, so the attempt is cancelled like on a lost heartbeat."""
+        record = running.record
+        if await self._store.save_checkpoint(self._worker_id, record.id, record.attempts, encoded):
+            return
+        running.lease_lost = True
+        running.scope.cancel()
+        await trio.lowlevel.checkpoint()  # raises Cancelled here, inside the handler
 
     def _failure(
         self,
@@ -484,12 +510,16 @@ class QueueWorker:
         *,
         retry: bool = True,
         delay: float | None = None,
-        exception: BaseException,
+        exception: BaseException | None,
     ) -> _Failure:
         error = truncate_error(error)
         # Our control-flow errors carry their meaning in the message; a traceback only helps
         # for unexpected exceptions.
-        trace = None if isinstance(exception, TaskError | RetryAfter) else _traceback(exception)
+        trace = (
+            None
+            if exception is None or isinstance(exception, TaskError | RetryAfter)
+            else _traceback(exception)
+        )
         if not retry or record.attempts >= record.max_attempts:
             return _Failure(
                 record.id, record.attempts, OutcomeKind.FAILED, error, 0.0, trace, exception

@@ -157,6 +157,7 @@ async def create_task() -> Response:
             scheduled_at=create.scheduled_at,
             max_attempts=create.max_attempts,
             idempotency_key=key,
+            attempt_timeout=create.attempt_timeout,
         )
     except ValidationError as exc:
         raise ApiError(

@@ -18,6 +18,7 @@ from iron_defer_trio.domain.limits import (
     MAX_ATTEMPTS_LIMIT,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_PRIORITY,
+    MAX_TIMEOUT,
     MIN_PRIORITY,
 )
 
@@ -65,6 +66,10 @@ class TaskOut(WireModel):
     traceparent: str | None = None
     #: The producer's idempotency key (null when none, or once its retention has passed).
     idempotency_key: str | None = None
+    #: The handler's latest saved progress (null when none; cleared on completion).
+    checkpoint: JsonValue = None
+    #: Seconds an attempt may run before it fails as timed out (null: no limit).
+    attempt_timeout: float | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:
@@ -104,6 +109,9 @@ class CreateTask(WireModel):
     #: RFC 3339 with a timezone; default now.
     scheduled_at: AwareDatetime | None = None
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    #: Seconds an attempt may run before it fails as timed out; default the class's
+    #: ATTEMPT_TIMEOUT, else no limit.
+    attempt_timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     #: Deduplicates retries of this request within the queue (same as the Idempotency-Key
     #: header; give one or the other, or both equal).
     idempotency_key: str | None = Field(

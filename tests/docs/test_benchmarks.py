@@ -90,3 +90,34 @@ def test_submission_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> 
     assert set(results["median"]) == {"plain", "key", "audit", "key+audit"}
     assert all(v["single"] > 0 and v["bulk"] > 0 for v in results["median"].values())
     assert "| key+audit |" in (tmp_path / "submission.md").read_text()
+
+
+def test_checkpoint_benchmark_runs_and_reports_every_size(tmp_path: Path) -> None:
+    database = pg.unique_name("iron_defer_bench_checkpoint_smoke")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.checkpoint",
+                "--samples",
+                "4",
+                "--dsn",
+                pg.ADMIN_DSN,
+                "--database",
+                database,
+                "--out",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert list(results) == ["1 KiB", "64 KiB", "1 MiB"]
+    assert all(stats["p99"] > 0 for stats in results.values())

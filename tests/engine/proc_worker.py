@@ -1,7 +1,8 @@
 """An engine in its own process, for tests that SIGKILL it.
 
 Usage: ``python -m tests.engine.proc_worker DSN``. It runs tasks of kind ``block`` (which
-never finish) and prints ``ready <worker_id>`` once its workers run.
+never finish) and ``progress`` (which checkpoint, see :class:`Progress`), and prints
+``ready <worker_id>`` once its workers run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,30 @@ class Block(iron_defer.Task):
         await trio.sleep_forever()
 
 
+class Progress(iron_defer.Task):
+    """Works through ``steps`` steps, checkpointing after each; resumes from the checkpoint.
+    The first attempt hangs after ``hang_after`` steps (to be killed there)."""
+
+    KIND: ClassVar[str] = "progress"
+    #: (attempt, step) of every step run in this process.
+    seen: ClassVar[list[tuple[int, int]]] = []
+    done: ClassVar[trio.Event | None] = None
+    steps: int
+    hang_after: int | None = None
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        checkpoint = ctx.last_checkpoint
+        start = checkpoint["step"] if isinstance(checkpoint, dict) else 0
+        assert isinstance(start, int)
+        for step in range(start, self.steps):
+            Progress.seen.append((ctx.attempt, step))
+            await ctx.checkpoint({"step": step + 1})
+            if ctx.attempt == 1 and step + 1 == self.hang_after:
+                await trio.sleep_forever()
+        if Progress.done is not None:
+            Progress.done.set()
+
+
 async def main(dsn: str) -> None:
     settings = Settings.build(
         database={"url": dsn, "max_connections": 2},
@@ -33,7 +58,7 @@ async def main(dsn: str) -> None:
             "poll_interval": 0.2,
         },
     )
-    async with iron_defer.open_engine(settings, tasks=[Block], migrate=False) as engine:
+    async with iron_defer.open_engine(settings, tasks=[Block, Progress], migrate=False) as engine:
         print(f"ready {engine.worker_id}", flush=True)
         await trio.sleep_forever()
 

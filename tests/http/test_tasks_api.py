@@ -86,6 +86,8 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "finishedAt",
         "traceparent",
         "idempotencyKey",
+        "checkpoint",
+        "attemptTimeout",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"

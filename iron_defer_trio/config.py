@@ -188,6 +188,9 @@ class WorkerSettings(_Section):
     #: time gets the finished task back instead of running the work again. The sweeper frees
     #: older keys.
     idempotency_retention: Seconds = Field(default=86_400.0, ge=60)
+    #: How long a task may stay suspended (``ctx.suspend()``) without a signal; the sweeper
+    #: then fails it.
+    suspend_timeout: Seconds = Field(default=86_400.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:

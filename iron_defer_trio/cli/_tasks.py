@@ -1,10 +1,11 @@
-"""``iron-defer-trio tasks list|get|cancel|audit``: read and cancel tasks."""
+"""``iron-defer-trio tasks list|get|cancel|signal|audit``: read, cancel and resume tasks."""
 
 import json
 from typing import Annotated
 from uuid import UUID
 
 import typer
+from pydantic import JsonValue
 
 from iron_defer_trio import TaskRecord, TaskStatus
 from iron_defer_trio.cli._common import (
@@ -13,6 +14,7 @@ from iron_defer_trio.cli._common import (
     open_producer,
     parse_task_id,
     print_json,
+    read_json,
     run,
     table,
     task_detail,
@@ -24,7 +26,7 @@ from iron_defer_trio.http._schemas import DEFAULT_PAGE, MAX_PAGE, AuditPage, Tas
 
 tasks_app = typer.Typer(
     name="tasks",
-    help="List, inspect and cancel tasks; show their audit trail.",
+    help="List, inspect, cancel and resume tasks; show their audit trail.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -202,3 +204,34 @@ async def _audit(settings: Settings, task_id: UUID, after: int | None, limit: in
     async with open_producer(settings) as engine:
         entries = await engine.audit_log(task_id, after=after, limit=limit + 1)
     return AuditPage.from_entries(entries, limit)
+
+
+@tasks_app.command("signal")
+def signal_task(
+    ctx: typer.Context,
+    task_id: TaskId,
+    payload: Annotated[
+        str,
+        typer.Option(
+            "--payload",
+            metavar="JSON|@FILE|-",
+            help="What the task's next attempt reads as ctx.signal_payload: literal JSON, "
+            "@path to read a file, or - to read standard input. Default: null.",
+        ),
+    ] = "null",
+    as_json: AsJson = False,
+) -> None:
+    """Resume a suspended task with a payload (a task that is not suspended is a conflict)."""
+    the_id = parse_task_id(task_id)
+    data = read_json(payload, "--payload")
+    record = run(_signal, database_settings(ctx), the_id, data)
+    task = TaskOut.from_record(record)
+    if as_json:
+        print_json(task.to_json())
+    else:
+        echo(f"signalled task {task.id}: pending again")
+
+
+async def _signal(settings: Settings, task_id: UUID, payload: JsonValue) -> TaskRecord:
+    async with open_producer(settings) as engine:
+        return await engine.signal(task_id, payload)

@@ -9,7 +9,8 @@ class TaskStatus(StrEnum):
     """Where a task is in its life.
 
     ``pending`` tasks wait for a worker (possibly until ``scheduled_at``); ``running`` tasks are
-    leased by one worker; the other three are final.
+    leased by one worker; ``suspended`` tasks wait for a signal (their handler called
+    ``ctx.suspend()``); the other three are final.
     """
 
     PENDING = "pending"
@@ -17,6 +18,7 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
 
     @property
     def is_final(self) -> bool:
@@ -31,8 +33,12 @@ _FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLE
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # claim; cancel before it ran
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
-    # complete; retry, lease recovery or release on shutdown; give up
-    TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.PENDING, TaskStatus.FAILED}),
+    # complete; retry, lease recovery or release on shutdown; give up; suspend
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.COMPLETED, TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.SUSPENDED}
+    ),
+    # signal; cancel; suspend_timeout
+    TaskStatus.SUSPENDED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -81,6 +81,13 @@ class TaskLogger(Protocol):
     def exception(self, event: str, /, *args: Any, **kw: Any) -> Any: ...
 
 
+class SuspendRequested(BaseException):
+    """Raised by :meth:`TaskContext.suspend` to end the attempt; the engine catches it.
+
+    A BaseException, like trio.Cancelled, so that a handler's ``except Exception`` does not
+    swallow it. Never raise it yourself."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskContext:
     """What a running handler knows about its task and attempt."""
@@ -104,6 +111,8 @@ class TaskContext:
     attempt_timeout: float | None = None
     #: Writes a checkpoint (given by the engine; None outside an engine, e.g. in unit tests).
     save_checkpoint: Callable[[str], Awaitable[None]] | None = field(default=None, repr=False)
+    #: What the latest ``engine.signal`` sent (None before any signal).
+    signal_payload: JsonValue = field(default=None, repr=False)
 
     @property
     def is_last_attempt(self) -> bool:
@@ -131,6 +140,18 @@ class TaskContext:
         if self.save_checkpoint is None:
             raise InvalidTaskError("checkpoint() needs a running engine (no writer was given)")
         await self.save_checkpoint(encoded)
+
+    async def suspend(self, checkpoint: JsonValue | BaseModel = None) -> NoReturn:
+        """End this attempt and park the task as ``suspended`` until ``engine.signal`` (REST
+        ``POST /tasks/{id}/signal``, CLI ``tasks signal``) makes it pending again; the next
+        attempt reads the signal's payload in :attr:`signal_payload`. Code after this call
+        does not run. The worker slot is freed at once; the suspended attempt does not count
+        against ``max_attempts``. ``checkpoint``, when given, is saved first (see
+        :meth:`checkpoint`). A task suspended longer than ``worker.suspend_timeout`` fails.
+        """
+        if checkpoint is not None:
+            await self.checkpoint(checkpoint)
+        raise SuspendRequested()
 
     def last_checkpoint_as(self, model: type[_ModelT]) -> _ModelT | None:
         """:attr:`last_checkpoint` validated as ``model`` (None when there is none)."""
@@ -177,6 +198,10 @@ class TaskRecord(BaseModel):
     checkpoint: JsonValue = None
     #: Seconds an attempt may run before it fails as timed out (None: no limit).
     attempt_timeout: float | None = None
+    #: When the task suspended (None unless it is suspended).
+    suspended_at: datetime | None = None
+    #: What the latest signal carried (None before any).
+    signal_payload: JsonValue = None
 
 
 class EnqueuedTask(TaskRecord):
@@ -197,7 +222,7 @@ class AuditEntry(BaseModel):
     #: Position in the log (increasing; the keyset cursor of pagination).
     id: int
     task_id: UUID
-    #: enqueue, claim, complete, retry, fail, cancel, recover or release.
+    #: enqueue, claim, complete, retry, fail, cancel, recover, release, suspend or signal.
     event: str
     #: None for enqueue.
     from_status: TaskStatus | None
@@ -244,6 +269,8 @@ class QueueStatistics(BaseModel):
     #: Pending tasks whose ``scheduled_at`` is still in the future (included in ``pending``).
     scheduled: int
     running: int
+    #: Tasks waiting for a signal (``ctx.suspend()``).
+    suspended: int
     completed: int
     failed: int
     cancelled: int

@@ -191,6 +191,7 @@ class Engine:
             metrics=self._metrics,
             worker_id=self.worker_id,
             idempotency_retention=settings.worker.idempotency_retention,
+            suspend_timeout=settings.worker.suspend_timeout,
         )
         self._listener = NotificationListener(
             store, self._health, self._log, self._rng, wake=self._wake, wake_all=self._wake_all
@@ -816,8 +817,41 @@ class Engine:
             raise TaskNotFound(the_id)
         return record
 
+    async def signal(self, task_id: UUID | str, payload: JsonValue = None) -> TaskRecord:
+        """Resume a suspended task: it is pending again at once (its queue's workers are
+        woken), and its next attempt reads ``payload`` as ``ctx.signal_payload``.
+
+        Args:
+            payload: any JSON value, up to 1 MiB encoded.
+
+        Returns:
+            The task, now ``pending``.
+
+        Raises:
+            TaskNotFound: no task has this id.
+            InvalidTransition: the task is not suspended (``exc.status`` says what it is).
+            InvalidTaskError: the payload is not JSON or is over 1 MiB.
+        """
+        the_id = _as_uuid(task_id)
+        try:
+            payload_json = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidTaskError(f"the signal payload cannot be encoded as JSON: {exc}") from None
+        validate_payload_json(payload_json)
+        self._check_open()
+        result = await self._store.signal(the_id, payload_json)
+        if result.resumed is not None:
+            record = result.resumed
+            self._log.info(
+                "task_signalled", task_id=str(record.id), queue=record.queue, kind=record.kind
+            )
+            return record
+        if result.current is None:
+            raise TaskNotFound(the_id)
+        raise InvalidTransition(the_id, result.current.status.value, "signal")
+
     async def cancel(self, task_id: UUID | str) -> TaskRecord:
-        """Cancel a task that has not started yet.
+        """Cancel a task that is pending (not started yet) or suspended.
 
         Returns:
             The task, now ``cancelled``.

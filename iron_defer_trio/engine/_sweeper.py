@@ -1,5 +1,5 @@
-"""Recovers tasks whose lease expired (their worker died, hung, or lost the database) and
-frees idempotency keys past their retention."""
+"""Recovers tasks whose lease expired (their worker died, hung, or lost the database), frees
+idempotency keys past their retention, and fails tasks suspended past the suspend timeout."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class SweepResult:
     recovered: tuple[RecoveredTask, ...]
     #: Idempotency keys of tasks finished longer than the retention ago, freed for reuse.
     keys_freed: int = 0
+    #: Tasks failed because they stayed suspended longer than the suspend timeout.
+    suspensions_expired: int = 0
 
     @property
     def requeued(self) -> int:
@@ -59,10 +61,12 @@ class Sweeper:
         metrics: Metrics,
         worker_id: UUID | None = None,
         idempotency_retention: float = 86_400.0,
+        suspend_timeout: float = 86_400.0,
     ) -> None:
         self._metrics = metrics
         self._worker_id = worker_id
         self._retention = idempotency_retention
+        self._suspend_timeout = suspend_timeout
         self._store = store
         self._health = health
         self._log = log
@@ -83,7 +87,26 @@ class Sweeper:
                 break
         if freed:
             self._log.info("idempotency_keys_freed", count=freed)
-        return SweepResult(tuple(recovered), keys_freed=freed)
+        expired = await self._fail_suspended(now)
+        return SweepResult(tuple(recovered), keys_freed=freed, suspensions_expired=expired)
+
+    async def _fail_suspended(self, now: datetime | None) -> int:
+        expired = 0
+        while True:
+            batch = await self._store.fail_suspended(
+                older_than=self._suspend_timeout, limit=BATCH, worker_id=self._worker_id, now=now
+            )
+            expired += len(batch)
+            for task in batch:
+                self._log.warning(
+                    "task_suspend_expired",
+                    task_id=str(task.task_id),
+                    queue=task.queue,
+                    kind=task.kind,
+                    error=task.error,
+                )
+            if len(batch) < BATCH:
+                return expired
 
     async def _recover(self, now: datetime | None) -> list[RecoveredTask]:
         recovered: list[RecoveredTask] = []

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from iron_defer_trio.domain import RetryPolicy, TaskContext, TaskRecord
 from iron_defer_trio.domain.limits import truncate_error
+from iron_defer_trio.domain.task import SuspendRequested
 from iron_defer_trio.engine._health import Backoff, DatabaseHealth
 from iron_defer_trio.errors import RetryAfter, StoreError, TaskError
 from iron_defer_trio.observability import tracing
@@ -369,6 +370,9 @@ class QueueWorker:
                 self._flush_completions()
             log.debug("task_completed", duration_ms=duration_ms)
             return
+        if outcome.kind is OutcomeKind.SUSPENDED:
+            log.info("task_suspended", duration_ms=duration_ms)
+            return
         self._metrics.task_failures.add(1, labels)
         failure = outcome if isinstance(outcome, _Failure) else None
         if outcome.kind is OutcomeKind.RETRY:
@@ -439,7 +443,7 @@ class QueueWorker:
             span.set_attribute(
                 tracing.ATTR_OUTCOME, "lease_lost" if outcome is None else outcome.kind.value
             )
-            if outcome is not None and outcome.kind is not OutcomeKind.COMPLETED:
+            if outcome is not None and outcome.kind in (OutcomeKind.RETRY, OutcomeKind.FAILED):
                 if isinstance(outcome, _Failure) and outcome.exception is not None:
                     span.record_exception(outcome.exception)
                 span.set_status(Status(StatusCode.ERROR, outcome.error))
@@ -465,6 +469,7 @@ class QueueWorker:
             scheduled_at=record.scheduled_at,
             log=log,
             last_checkpoint=record.checkpoint,
+            signal_payload=record.signal_payload,
             attempt_timeout=record.attempt_timeout,
             save_checkpoint=partial(self._save_checkpoint, running),
         )
@@ -475,6 +480,9 @@ class QueueWorker:
         try:
             with running.scope, limit:
                 await task.execute(ctx)
+        except SuspendRequested:
+            # Parked until a signal; the attempt is handed back, not failed.
+            return Outcome(record.id, record.attempts, OutcomeKind.SUSPENDED)
         except TaskError as exc:
             return self._failure(record, str(exc), cls.RETRY, retry=exc.retry, exception=exc)
         except RetryAfter as exc:

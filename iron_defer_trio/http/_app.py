@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from iron_defer_trio._version import __version__
+from iron_defer_trio.domain import TaskStatus
 from iron_defer_trio.errors import IronDeferError
 from iron_defer_trio.http import _handlers as h
 from iron_defer_trio.http._errors import ApiError, classify, problem_response
@@ -24,6 +25,7 @@ from iron_defer_trio.http._schemas import (
     CreateTask,
     Health,
     QueueList,
+    SignalTask,
     TaskOut,
     TaskPage,
 )
@@ -87,7 +89,7 @@ ROUTES: tuple[Route, ...] = (
                 "Only this status.",
                 {
                     "type": "string",
-                    "enum": ["pending", "running", "completed", "failed", "cancelled"],
+                    "enum": [status.value for status in TaskStatus],
                 },
             ),
             QueryParam("kind", "Only this kind.", {"type": "string"}),
@@ -137,10 +139,29 @@ ROUTES: tuple[Route, ...] = (
         tags=("tasks",),
     ),
     Route(
+        "POST",
+        "/tasks/{id}/signal",
+        "signalTask",
+        "Resume a suspended task with a payload",
+        h.signal_task,
+        {200: ("The task, pending again", TaskOut)},
+        errors=(
+            *_TASK_ERRORS,
+            "INVALID_TRANSITION",
+            "MALFORMED_JSON",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "VALIDATION_FAILED",
+            "INVALID_TASK",
+        ),
+        request_body=SignalTask,
+        tags=("tasks",),
+    ),
+    Route(
         "DELETE",
         "/tasks/{id}",
         "cancelTask",
-        "Cancel a pending task",
+        "Cancel a pending or suspended task",
         h.cancel_task,
         {200: ("The task, now cancelled", TaskOut)},
         errors=(*_TASK_ERRORS, "INVALID_TRANSITION"),

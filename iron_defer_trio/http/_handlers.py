@@ -25,6 +25,7 @@ from iron_defer_trio.http._schemas import (
     Health,
     QueueList,
     QueueOut,
+    SignalTask,
     TaskOut,
     TaskPage,
     WireModel,
@@ -237,6 +238,20 @@ async def task_audit(id: str) -> Response:
         _task_id(id), after=query.cursor, limit=query.limit + 1
     )
     return json_response(AuditPage.from_entries(entries, query.limit))
+
+
+async def signal_task(id: str) -> Response:
+    """POST /tasks/{id}/signal."""
+    task_id = _task_id(id)
+    body = await _json_body()
+    try:
+        signal = SignalTask.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(
+            "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
+        ) from None
+    record = await state().engine.signal(task_id, signal.payload)
+    return json_response(TaskOut.from_record(record))
 
 
 async def cancel_task(id: str) -> Response:

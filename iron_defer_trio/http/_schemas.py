@@ -70,6 +70,10 @@ class TaskOut(WireModel):
     checkpoint: JsonValue = None
     #: Seconds an attempt may run before it fails as timed out (null: no limit).
     attempt_timeout: float | None = None
+    #: When the task suspended (null unless it is suspended).
+    suspended_at: datetime | None = None
+    #: What the latest signal carried (null before any).
+    signal_payload: JsonValue = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:
@@ -124,7 +128,7 @@ class AuditEntryOut(WireModel):
 
     id: int
     task_id: UUID
-    #: enqueue, claim, complete, retry, fail, cancel, recover or release.
+    #: enqueue, claim, complete, retry, fail, cancel, recover, release, suspend or signal.
     event: str
     #: null for enqueue.
     from_status: TaskStatus | None
@@ -161,6 +165,13 @@ class AuditPage(WireModel):
         )
 
 
+class SignalTask(WireModel):
+    """Body of POST /tasks/{id}/signal."""
+
+    #: Any JSON value; the task's next attempt reads it as ``ctx.signal_payload``.
+    payload: JsonValue = None
+
+
 class QueueOut(WireModel):
     """Counts for one queue."""
 
@@ -168,6 +179,8 @@ class QueueOut(WireModel):
     pending: int
     scheduled: int
     running: int
+    #: Tasks waiting for a signal.
+    suspended: int
     completed: int
     failed: int
     cancelled: int

@@ -32,10 +32,12 @@ from iron_defer_trio.store._pool import ConnectionPool
 from iron_defer_trio.store._queries import TASKS
 from iron_defer_trio.store.protocol import (
     CancelResult,
+    ExpiredSuspension,
     FinishResult,
     Outcome,
     OutcomeKind,
     RecoveredTask,
+    SignalResult,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +95,13 @@ async def _aio_commit(transaction: Any) -> None:
 
 async def _aio_rollback(transaction: Any) -> None:
     await transaction.rollback()
+
+
+async def _aio_signal(conn: _Conn, task_id: UUID, payload: str, audit: bool) -> tuple[Any, Any]:
+    row = await conn.fetchrow(TASKS["signal"], task_id, payload, audit)
+    if row is not None:
+        return row, None
+    return None, await conn.fetchrow(TASKS["get"], task_id)
 
 
 async def _aio_cancel(conn: _Conn, task_id: UUID, audit: bool) -> tuple[Any, Any]:
@@ -192,6 +201,7 @@ _OUTCOME_STATUS = {
     OutcomeKind.RETRY: TaskStatus.PENDING,
     OutcomeKind.FAILED: TaskStatus.FAILED,
     OutcomeKind.RELEASED: TaskStatus.PENDING,
+    OutcomeKind.SUSPENDED: TaskStatus.SUSPENDED,
 }
 
 
@@ -331,6 +341,31 @@ class PostgresStore:
                 raise
             await self._bridge.call(_aio_commit, handle)
 
+    async def signal(self, task_id: UUID, payload_json: str) -> SignalResult:
+        resumed, current = await self._run(
+            _aio_signal, task_id, payload_json, self._settings.audit_log
+        )
+        return SignalResult(
+            resumed=None if resumed is None else _record(resumed),
+            current=None if current is None else _record(current),
+        )
+
+    async def fail_suspended(
+        self,
+        *,
+        older_than: float,
+        limit: int,
+        worker_id: UUID | None = None,
+        now: datetime | None = None,
+    ) -> list[ExpiredSuspension]:
+        rows = await self._fetch(
+            "fail_suspended", now, older_than, limit, self._settings.audit_log, worker_id
+        )
+        return [
+            ExpiredSuspension(row["id"], row["queue"], row["kind"], row["last_error"])
+            for row in rows
+        ]
+
     async def save_checkpoint(
         self, worker_id: UUID, task_id: UUID, attempt: int, checkpoint_json: str
     ) -> bool:
@@ -461,6 +496,7 @@ class PostgresStore:
                 pending=row["pending"],
                 scheduled=row["scheduled"],
                 running=row["running"],
+                suspended=row["suspended"],
                 completed=row["completed"],
                 failed=row["failed"],
                 cancelled=row["cancelled"],

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CancelResult",
+    "ExpiredSuspension",
     "FinishResult",
     "Listener",
     "Outcome",
     "OutcomeKind",
     "RecoveredTask",
+    "SignalResult",
     "StoreTransaction",
     "TaskStore",
 ]
@@ -57,6 +59,8 @@ class OutcomeKind(StrEnum):
     #: The engine gave the task back without it failing (shutdown): pending again at once and
     #: the interrupted attempt does not count.
     RELEASED = "released"
+    #: The handler suspended the task: it waits for a signal, and the attempt does not count.
+    SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,26 @@ class CancelResult:
     cancelled: TaskRecord | None
     #: The task as it is after the refused change (it was not pending).
     current: TaskRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalResult:
+    """What a signal found: exactly one field is set, or neither (no such task)."""
+
+    #: The task, pending again with the signal's payload.
+    resumed: TaskRecord | None
+    #: The task as it is (it was not suspended).
+    current: TaskRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredSuspension:
+    """A task the sweeper failed because no signal came within the suspend timeout."""
+
+    task_id: UUID
+    queue: str
+    kind: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +182,22 @@ class TaskStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
         """A transaction for the block: committed at its end, rolled back if it raises."""
+        ...
+
+    async def signal(self, task_id: UUID, payload_json: str) -> SignalResult:
+        """Make a suspended task pending again, with ``payload_json`` for its next attempt,
+        and wake its queue's workers; otherwise read the task as it is."""
+        ...
+
+    async def fail_suspended(
+        self,
+        *,
+        older_than: float,
+        limit: int,
+        worker_id: UUID | None = None,
+        now: datetime | None = None,
+    ) -> list[ExpiredSuspension]:
+        """Fail up to ``limit`` tasks suspended for longer than ``older_than`` seconds."""
         ...
 
     async def save_checkpoint(

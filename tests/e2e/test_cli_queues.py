@@ -54,12 +54,13 @@ async def test_queues_shows_the_engines_statistics(
             "PENDING",
             "SCHEDULED",
             "RUNNING",
+            "SUSPENDED",
             "COMPLETED",
             "FAILED",
             "CANCELLED",
             "WORKERS",
             "OLDEST_PENDING",
         ]
-        assert emails[:8] == ["emails", "2", "0", "0", "0", "0", "0", "0"]
-        assert emails[8].endswith("s")
-        assert reports == ["reports", "0", "0", "0", "0", "0", "1", "0", "-"]
+        assert emails[:9] == ["emails", "2", "0", "0", "0", "0", "0", "0", "0"]
+        assert emails[9].endswith("s")
+        assert reports == ["reports", "0", "0", "0", "0", "0", "0", "1", "0", "-"]

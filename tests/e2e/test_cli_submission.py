@@ -89,3 +89,24 @@ async def test_migrate_logged_and_unlogged_switch_the_table(
     assert after_unlogged == "u"
     assert logged.returncode == 0 and "the tasks table is logged" in logged.stdout
     assert await db.fetchval(query) == "p"
+
+
+async def test_tasks_signal_resumes_a_suspended_task_and_conflicts_otherwise(
+    database_url: str, db: Db, tmp_path: Path
+) -> None:
+    env = cli_env(DATABASE_URL=database_url)
+    with trio.fail_after(30):
+        submitted = await cli_async(
+            "submit", "report", "--raw", "--payload", "{}", cwd=tmp_path, env=env
+        )
+        task_id = submitted.stdout.strip()
+        conflict = await cli_async("tasks", "signal", task_id, cwd=tmp_path, env=env)
+        await db.execute(
+            "UPDATE iron_defer.tasks SET status = 'suspended', suspended_at = now() "
+            "WHERE id = $1::uuid",
+            task_id,
+        )
+        command = ["tasks", "signal", task_id, "--payload", '{"ok": 1}', "--json"]
+        resumed = ok_json(await cli_async(*command, cwd=tmp_path, env=env))
+    assert_one_error_line(conflict, 4, "cannot signal task")
+    assert (resumed["status"], resumed["signalPayload"]) == ("pending", {"ok": 1})

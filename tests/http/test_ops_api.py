@@ -45,6 +45,7 @@ async def test_queues_reports_counts_per_queue(open_api: Callable[..., Any]) -> 
         "pending",
         "scheduled",
         "running",
+        "suspended",
         "completed",
         "failed",
         "cancelled",

@@ -136,3 +136,31 @@ async def test_the_audit_endpoint_pages_through_a_task_trail(database_url: str) 
     assert item["workerId"] == str(engine.worker_id) and item["taskId"] == str(record.id)
     assert missing.status_code == 404 and (await _json(missing))["code"] == "TASK_NOT_FOUND"
     assert bad.status_code == 400 and (await _json(bad))["code"] == "INVALID_QUERY"
+
+
+async def test_signal_resumes_a_suspended_task_and_refuses_any_other(
+    open_api: Callable[..., Any], db: Db
+) -> None:
+    with trio.fail_after(15):
+        async with open_api() as (client, _):
+            created = await _json(await client.post("/tasks", json=EMAIL))
+            task_id = created["id"]
+            refused = await client.post(f"/tasks/{task_id}/signal", json={"payload": "early"})
+            await db.execute(
+                "UPDATE iron_defer.tasks SET status = 'suspended', suspended_at = now() "
+                "WHERE id = $1",
+                uuid.UUID(task_id),
+            )
+            resumed = await client.post(
+                f"/tasks/{task_id}/signal", json={"payload": {"approved": True}}
+            )
+            body = await _json(resumed)
+            missing = await client.post(f"/tasks/{uuid.uuid4()}/signal", json={})
+    assert refused.status_code == 409 and (await _json(refused))["code"] == "INVALID_TRANSITION"
+    assert resumed.status_code == 200
+    assert (body["status"], body["signalPayload"], body["suspendedAt"]) == (
+        "pending",
+        {"approved": True},
+        None,
+    )
+    assert missing.status_code == 404

@@ -88,6 +88,8 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "idempotencyKey",
         "checkpoint",
         "attemptTimeout",
+        "suspendedAt",
+        "signalPayload",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"

@@ -41,6 +41,7 @@ EXPECTED_INDEXES = {
     ("tasks", "tasks_idempotency_expiry_idx"),
     ("task_audit", "task_audit_pkey"),
     ("task_audit", "task_audit_task_idx"),
+    ("tasks", "tasks_suspended_idx"),
 }
 
 EXPECTED_CHECKS = {
@@ -57,6 +58,7 @@ EXPECTED_CHECKS = {
     "tasks_scheduled_at_finite",
     "tasks_idempotency_key_length",
     "tasks_attempt_timeout_range",
+    "tasks_suspended_iff_suspended_at",
 }
 
 

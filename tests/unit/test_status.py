@@ -10,7 +10,7 @@ from iron_defer_trio.domain.status import TRANSITIONS, TaskStatus, can_transitio
 FINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
 
 
-def test_statuses_are_the_five_lowercase_database_values() -> None:
+def test_statuses_are_the_six_lowercase_database_values() -> None:
     """The enum values are exactly the strings stored in the status column."""
     assert {status.value for status in TaskStatus} == {
         "pending",
@@ -18,6 +18,7 @@ def test_statuses_are_the_five_lowercase_database_values() -> None:
         "completed",
         "failed",
         "cancelled",
+        "suspended",
     }
     assert TaskStatus("running") is TaskStatus.RUNNING
     assert isinstance(TaskStatus.PENDING, str)
@@ -40,19 +41,21 @@ def test_final_statuses_have_no_outgoing_transitions(status: TaskStatus) -> None
 
 @pytest.mark.parametrize("status", list(TaskStatus))
 def test_is_final_holds_exactly_for_completed_failed_and_cancelled(status: TaskStatus) -> None:
-    """is_final is true for the three terminal statuses and false for pending and running."""
+    """is_final is true for the three terminal statuses and false for the others."""
     assert status.is_final is (status in FINAL)
 
 
 def test_non_final_statuses_can_all_move_somewhere() -> None:
-    """Pending and running tasks always have a way out (no dead ends besides final ones)."""
+    """Pending, running and suspended tasks always have a way out (no dead ends besides
+    final ones)."""
     for status in TaskStatus:
         if not status.is_final:
             assert TRANSITIONS[status], status
 
 
 def test_engine_transitions_are_exactly_the_documented_ones() -> None:
-    """Claim/cancel from pending; complete/retry/fail from running; nothing else."""
+    """Claim/cancel from pending; complete/retry/fail/suspend from running; signal, cancel
+    and suspend timeout from suspended; nothing else."""
     allowed = {(old, new) for old in TaskStatus for new in TaskStatus if can_transition(old, new)}
     assert allowed == {
         (TaskStatus.PENDING, TaskStatus.RUNNING),
@@ -60,6 +63,10 @@ def test_engine_transitions_are_exactly_the_documented_ones() -> None:
         (TaskStatus.RUNNING, TaskStatus.COMPLETED),
         (TaskStatus.RUNNING, TaskStatus.PENDING),
         (TaskStatus.RUNNING, TaskStatus.FAILED),
+        (TaskStatus.RUNNING, TaskStatus.SUSPENDED),
+        (TaskStatus.SUSPENDED, TaskStatus.PENDING),
+        (TaskStatus.SUSPENDED, TaskStatus.CANCELLED),
+        (TaskStatus.SUSPENDED, TaskStatus.FAILED),
     }
 
 

@@ -106,17 +106,24 @@ ORDER BY id DESC
 LIMIT $5;
 
 -- name: cancel_pending
--- Cancel a task that has not started; no row when it is not pending. Audited when $2.
+-- Cancel a task that is pending or suspended (not running); no row otherwise. Audited when $2.
 -- params: $1 id, $2 audit bool
-WITH cancelled AS (
-    UPDATE iron_defer.tasks
-    SET status = 'cancelled', finished_at = now(), updated_at = now()
-    WHERE id = $1 AND status = 'pending'
-    RETURNING *
+WITH previous AS (
+    SELECT id, status
+    FROM iron_defer.tasks
+    WHERE id = $1 AND status IN ('pending', 'suspended')
+    FOR UPDATE
+),
+cancelled AS (
+    UPDATE iron_defer.tasks AS t
+    SET status = 'cancelled', finished_at = now(), updated_at = now(), suspended_at = NULL
+    FROM previous AS p
+    WHERE t.id = p.id
+    RETURNING t.*, p.status AS previous_status
 ),
 audited AS (
     INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
-    SELECT id, 'cancel', 'pending', status, attempts, split_part(traceparent, '-', 2)
+    SELECT id, 'cancel', previous_status, status, attempts, split_part(traceparent, '-', 2)
     FROM cancelled
     WHERE $2::boolean
 )
@@ -168,6 +175,62 @@ SET checkpoint = $4::text::jsonb, updated_at = now()
 WHERE id = $2 AND claimed_by = $1 AND attempts = $3
 RETURNING id;
 
+-- name: signal
+-- Resume a suspended task: pending now with the signal's payload, its queue woken on commit.
+-- No row when the task is not suspended. Audited when $3.
+-- params: $1 id, $2 payload (JSON text), $3 audit bool
+WITH resumed AS (
+    UPDATE iron_defer.tasks
+    SET status = 'pending',
+        signal_payload = $2::text::jsonb,
+        suspended_at = NULL,
+        scheduled_at = now(),
+        updated_at = now()
+    WHERE id = $1 AND status = 'suspended'
+    RETURNING *
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
+    SELECT id, 'signal', 'suspended', status, attempts, split_part(traceparent, '-', 2)
+    FROM resumed
+    WHERE $3::boolean
+)
+SELECT resumed.*, pg_notify('iron_defer', resumed.queue) AS woken FROM resumed;
+
+-- name: fail_suspended
+-- Fail up to $3 tasks suspended longer than $2 seconds (no signal came). Audited when $4.
+-- params: $1 now (NULL: database clock), $2 suspend timeout seconds, $3 batch limit, $4 audit bool, $5 worker id
+WITH expired AS (
+    SELECT id
+    FROM iron_defer.tasks
+    WHERE status = 'suspended'
+      AND suspended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+    ORDER BY suspended_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+failed AS (
+    UPDATE iron_defer.tasks AS t
+    SET status = 'failed',
+        last_error = format('no signal within the suspend timeout (%s s) after it suspended '
+                            'at %s', $2::float8, t.suspended_at),
+        suspended_at = NULL,
+        finished_at = coalesce($1::timestamptz, now()),
+        updated_at = coalesce($1::timestamptz, now())
+    FROM expired AS e
+    WHERE t.id = e.id
+    RETURNING t.id, t.queue, t.kind, t.attempts, t.last_error, t.traceparent, t.updated_at
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit
+        (task_id, event, from_status, to_status, at, attempt, worker_id, trace_id, metadata)
+    SELECT id, 'fail', 'suspended', 'failed', updated_at, attempts, $5::uuid,
+           split_part(traceparent, '-', 2), jsonb_build_object('error', last_error)
+    FROM failed
+    WHERE $4::boolean
+)
+SELECT id, queue, kind, attempts, last_error FROM failed;
+
 -- name: heartbeat
 -- Extend the leases of the listed tasks still running under this worker; report the
 -- attempt each is at, so a stale local attempt can tell it lost its lease.
@@ -183,7 +246,8 @@ RETURNING id, attempts;
 -- name: finish
 -- Apply attempt outcomes, each fenced on (running under this worker, same attempt); wake queues
 -- that got a task back that is due now.
--- Audited when $9 (event complete, retry, fail or release, with the error as metadata).
+-- A suspended attempt (status 'suspended') is handed back like a release: it does not count.
+-- Audited when $9 (event complete, retry, fail, release or suspend, with the error as metadata).
 -- params: $1 worker id, $2 ids uuid[], $3 attempts int4[], $4 new statuses text[], $5 errors text[], $6 retry delays float8[], $7 released bool[], $8 now (NULL: database clock), $9 audit bool
 -- The fence locks each outcome's row through a lateral primary-key lookup, in id order (so two
 -- statements on the same rows cannot deadlock), and only then updates the locked rows by id.
@@ -210,7 +274,10 @@ fenced AS MATERIALIZED (
 updated AS (
     UPDATE iron_defer.tasks AS t
     SET status = o.status,
-        attempts = CASE WHEN o.released THEN t.attempts - 1 ELSE t.attempts END,
+        attempts = CASE
+            WHEN o.released OR o.status = 'suspended' THEN t.attempts - 1
+            ELSE t.attempts
+        END,
         last_error = coalesce(o.error, t.last_error),
         scheduled_at = CASE
             WHEN o.status = 'pending'
@@ -222,9 +289,14 @@ updated AS (
         -- Progress is kept for the next attempt, and dropped once there is none.
         checkpoint = CASE WHEN o.status = 'completed' THEN NULL ELSE t.checkpoint END,
         finished_at = CASE
-            WHEN o.status = 'pending' THEN NULL
+            WHEN o.status IN ('pending', 'suspended') THEN NULL
             ELSE coalesce($8::timestamptz, now())
         END,
+        suspended_at = CASE
+            WHEN o.status = 'suspended' THEN coalesce($8::timestamptz, now())
+        END,
+        -- A new suspension waits for a new signal.
+        signal_payload = CASE WHEN o.status = 'suspended' THEN NULL ELSE t.signal_payload END,
         updated_at = coalesce($8::timestamptz, now())
     FROM fenced AS o
     WHERE t.id = o.id
@@ -238,10 +310,11 @@ audited AS (
            CASE WHEN released THEN 'release'
                 WHEN status = 'completed' THEN 'complete'
                 WHEN status = 'pending' THEN 'retry'
+                WHEN status = 'suspended' THEN 'suspend'
                 ELSE 'fail' END,
            'running', status, updated_at,
-           -- a release hands the attempt back: record the attempt that was interrupted
-           CASE WHEN released THEN attempts + 1 ELSE attempts END,
+           -- a release or suspension hands the attempt back: record the one that ran
+           CASE WHEN released OR status = 'suspended' THEN attempts + 1 ELSE attempts END,
            $1, split_part(traceparent, '-', 2),
            CASE WHEN released THEN jsonb_build_object('reason', 'shutdown')
                 WHEN error IS NOT NULL THEN jsonb_build_object('error', error) END
@@ -343,6 +416,7 @@ SELECT queue,
        count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'pending' AND scheduled_at > now()) AS scheduled,
        count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'suspended') AS suspended,
        count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'cancelled') AS cancelled,

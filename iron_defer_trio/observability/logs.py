@@ -1,7 +1,8 @@
 """Logging: the logger type the engine uses, and the JSON set-up of ``serve``.
 
-The library never configures logging by itself (an embedding application owns that); the
-server does, with :func:`configure_json_logging`.
+The library never configures logging by itself (an embedding application owns that; without
+any configuration it logs at info and above); the server does, with
+:func:`configure_json_logging`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,22 @@ Logger: TypeAlias = structlog.typing.FilteringBoundLogger
 
 
 def default_logger() -> Logger:
-    """The package logger; applications configure structlog as they like."""
-    logger: Logger = structlog.get_logger("iron_defer_trio")
-    return logger
+    """The package logger; applications configure structlog as they like.
+
+    When structlog is not configured at all, its defaults print every level: an application
+    that never set logging up would get a debug line per task enqueued, claimed and
+    completed. Such an application gets info and above instead (with structlog's default
+    output); any ``structlog.configure`` call, before the engine starts, takes over fully.
+    """
+    if structlog.is_configured():
+        logger: Logger = structlog.get_logger("iron_defer_trio")
+        return logger
+    unconfigured: Logger = structlog.wrap_logger(
+        None,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory_args=("iron_defer_trio",),
+    )
+    return unconfigured
 
 
 def debug_enabled(log: Logger) -> bool:

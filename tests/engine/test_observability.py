@@ -4,6 +4,9 @@ reader, structlog's capture_logs and an in-memory span exporter."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -371,3 +374,43 @@ async def test_engines_and_the_server_telemetry_leave_global_providers_alone(
     telemetry.shutdown()
     assert otel_metrics.get_meter_provider() is meter_before
     assert trace.get_tracer_provider() is tracer_before
+
+
+_UNCONFIGURED = """
+import os, sys
+from typing import ClassVar
+import trio
+import iron_defer_trio as iron_defer
+
+class Hello(iron_defer.Task):
+    KIND: ClassVar[str] = "hello"
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        ctx.log.info("said_hello")
+
+async def main() -> None:
+    async with iron_defer.open_engine(os.environ["DATABASE_URL"], tasks=[Hello]) as engine:
+        await engine.enqueue(Hello())
+        await engine.wait_until_idle()
+
+trio.run(main)
+"""
+
+
+def test_an_application_that_never_configured_logging_sees_info_not_per_task_debug(
+    database_url: str,
+) -> None:
+    """structlog's own defaults print every level; the engine's logger stops at info then,
+    so an embedding program is not flooded with a debug line per task."""
+    result = subprocess.run(
+        [sys.executable, "-c", _UNCONFIGURED],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "engine_started" in result.stdout
+    assert "said_hello" in result.stdout
+    for debug_event in ("task_enqueued", "task_claimed", "task_completed"):
+        assert debug_event not in result.stdout

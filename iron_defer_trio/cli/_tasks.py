@@ -34,6 +34,10 @@ tasks_app = typer.Typer(
 TaskId = Annotated[
     str, typer.Argument(metavar="ID", help="The task's id (a UUID).", show_default=False)
 ]
+PageLimit = Annotated[
+    int,
+    typer.Option("--limit", metavar="N", min=1, max=MAX_PAGE, help=f"Page size, 1..{MAX_PAGE}."),
+]
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print the task as a JSON object (the REST API's shape).")
 ]
@@ -56,12 +60,7 @@ def list_tasks(
         str | None,
         typer.Option("--kind", metavar="KIND", help="Only this kind.", show_default=False),
     ] = None,
-    limit: Annotated[
-        int,
-        typer.Option(
-            "--limit", metavar="N", min=1, max=MAX_PAGE, help=f"Page size, 1..{MAX_PAGE}."
-        ),
-    ] = DEFAULT_PAGE,
+    limit: PageLimit = DEFAULT_PAGE,
     cursor: Annotated[
         str | None,
         typer.Option(
@@ -145,12 +144,7 @@ async def _cancel(settings: Settings, task_id: UUID) -> TaskRecord:
 def task_audit(
     ctx: typer.Context,
     task_id: TaskId,
-    limit: Annotated[
-        int,
-        typer.Option(
-            "--limit", metavar="N", min=1, max=MAX_PAGE, help=f"Page size, 1..{MAX_PAGE}."
-        ),
-    ] = DEFAULT_PAGE,
+    limit: PageLimit = DEFAULT_PAGE,
     cursor: Annotated[
         int | None,
         typer.Option(

@@ -840,15 +840,11 @@ class Engine:
         validate_payload_json(payload_json)
         self._check_open()
         result = await self._store.signal(the_id, payload_json)
-        if result.resumed is not None:
-            record = result.resumed
-            self._log.info(
-                "task_signalled", task_id=str(record.id), queue=record.queue, kind=record.kind
-            )
-            return record
-        if result.current is None:
-            raise TaskNotFound(the_id)
-        raise InvalidTransition(the_id, result.current.status.value, "signal")
+        record = self._changed_or_raise(the_id, result.resumed, result.current, "signal")
+        self._log.info(
+            "task_signalled", task_id=str(record.id), queue=record.queue, kind=record.kind
+        )
+        return record
 
     async def cancel(self, task_id: UUID | str) -> TaskRecord:
         """Cancel a task that is pending (not started yet) or suspended.
@@ -863,15 +859,23 @@ class Engine:
         the_id = _as_uuid(task_id)
         self._check_open()
         result = await self._store.cancel(the_id)
-        if result.cancelled is not None:
-            record = result.cancelled
-            self._log.info(
-                "task_cancelled", task_id=str(record.id), queue=record.queue, kind=record.kind
-            )
-            return record
-        if result.current is None:
-            raise TaskNotFound(the_id)
-        raise InvalidTransition(the_id, result.current.status.value, "cancel")
+        record = self._changed_or_raise(the_id, result.cancelled, result.current, "cancel")
+        self._log.info(
+            "task_cancelled", task_id=str(record.id), queue=record.queue, kind=record.kind
+        )
+        return record
+
+    @staticmethod
+    def _changed_or_raise(
+        task_id: UUID, changed: TaskRecord | None, current: TaskRecord | None, action: str
+    ) -> TaskRecord:
+        """The task a guarded change applied to, or why it did not apply: no such task, or a
+        status that does not allow ``action``."""
+        if changed is not None:
+            return changed
+        if current is None:
+            raise TaskNotFound(task_id)
+        raise InvalidTransition(task_id, current.status.value, action)
 
     async def queue_stats(self) -> builtins.list[QueueStatistics]:
         """Counts by status, active workers and the oldest due pending age, per queue."""

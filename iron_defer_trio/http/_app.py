@@ -20,6 +20,7 @@ from iron_defer_trio.http._errors import ApiError, classify, problem_response
 from iron_defer_trio.http._openapi import build_openapi
 from iron_defer_trio.http._routes import QueryParam, Route
 from iron_defer_trio.http._schemas import (
+    DEFAULT_PAGE,
     MAX_PAGE,
     AuditPage,
     CreateTask,
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from iron_defer_trio.observability import Logger
 
 _TASK_ERRORS = ("INVALID_TASK_ID", "TASK_NOT_FOUND", "DATABASE_UNAVAILABLE")
+_PAGE_LIMIT = QueryParam(
+    "limit",
+    f"Page size, 1..{MAX_PAGE} (default {DEFAULT_PAGE}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+)
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -93,11 +99,7 @@ ROUTES: tuple[Route, ...] = (
                 },
             ),
             QueryParam("kind", "Only this kind.", {"type": "string"}),
-            QueryParam(
-                "limit",
-                f"Page size, 1..{MAX_PAGE} (default 50).",
-                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-            ),
+            _PAGE_LIMIT,
             QueryParam(
                 "cursor",
                 "The nextCursor of the previous page.",
@@ -125,11 +127,7 @@ ROUTES: tuple[Route, ...] = (
         {200: ("One page of audit entries (empty when the audit log is off)", AuditPage)},
         errors=(*_TASK_ERRORS, "INVALID_QUERY"),
         query=(
-            QueryParam(
-                "limit",
-                f"Page size, 1..{MAX_PAGE} (default 50).",
-                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-            ),
+            _PAGE_LIMIT,
             QueryParam(
                 "cursor",
                 "The nextCursor of the previous page.",

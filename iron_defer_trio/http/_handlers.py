@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from uuid import UUID
 
 import trio
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
     from iron_defer_trio.config import Settings
     from iron_defer_trio.engine import Engine
+
+
+_Wire = TypeVar("_Wire", bound=WireModel)
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,34 @@ class ListQuery(WireModel):
 # --- tasks --------------------------------------------------------------------------------
 
 
-async def create_task() -> Response:
-    """POST /tasks."""
+async def _body(model: type[_Wire]) -> _Wire:
+    """The JSON body validated as ``model`` (VALIDATION_FAILED with field errors if not)."""
     body = await _json_body()
     try:
-        create = CreateTask.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise ApiError(
             "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
         ) from None
+
+
+def _query(model: type[_Wire]) -> _Wire:
+    """The query string validated as ``model`` (INVALID_QUERY if a parameter is repeated or
+    invalid)."""
+    repeated = [key for key in request.args if len(request.args.getlist(key)) > 1]
+    if repeated:
+        raise ApiError("INVALID_QUERY", f"parameter {repeated[0]!r} is given more than once")
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            "INVALID_QUERY", "invalid query parameters", errors=field_problems(exc)
+        ) from None
+
+
+async def create_task() -> Response:
+    """POST /tasks."""
+    create = await _body(CreateTask)
     key = _idempotency_key(create)
     # The caller's W3C trace context (traceparent header): the task's attempts join its trace.
     token = tracing.attach(tracing.context_from_headers(dict(request.headers)))
@@ -193,15 +215,7 @@ def _idempotency_key(create: CreateTask) -> str | None:
 
 async def list_tasks() -> Response:
     """GET /tasks."""
-    repeated = [key for key in request.args if len(request.args.getlist(key)) > 1]
-    if repeated:
-        raise ApiError("INVALID_QUERY", f"parameter {repeated[0]!r} is given more than once")
-    try:
-        query = ListQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise ApiError(
-            "INVALID_QUERY", "invalid query parameters", errors=field_problems(exc)
-        ) from None
+    query = _query(ListQuery)
     # One extra row tells whether another page exists, without a count.
     records = await state().engine.list(
         queue=query.queue,
@@ -228,12 +242,7 @@ class AuditQuery(WireModel):
 
 async def task_audit(id: str) -> Response:
     """GET /tasks/{id}/audit."""
-    try:
-        query = AuditQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise ApiError(
-            "INVALID_QUERY", "invalid query parameters", errors=field_problems(exc)
-        ) from None
+    query = _query(AuditQuery)
     entries = await state().engine.audit_log(
         _task_id(id), after=query.cursor, limit=query.limit + 1
     )
@@ -243,13 +252,7 @@ async def task_audit(id: str) -> Response:
 async def signal_task(id: str) -> Response:
     """POST /tasks/{id}/signal."""
     task_id = _task_id(id)
-    body = await _json_body()
-    try:
-        signal = SignalTask.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(
-            "VALIDATION_FAILED", "the request body is invalid", errors=field_problems(exc)
-        ) from None
+    signal = await _body(SignalTask)
     record = await state().engine.signal(task_id, signal.payload)
     return json_response(TaskOut.from_record(record))
 

@@ -14,32 +14,24 @@ from tests import pg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_command_runs_and_writes_its_results(tmp_path: Path) -> None:
-    database = pg.unique_name("iron_defer_bench_smoke")
+def _run(module: str, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m benchmarks.<module>`` on a database of its own (dropped afterwards),
+    writing into ``out``; fail with its stderr if it fails."""
+    database = pg.unique_name(f"iron_defer_bench_{module}_smoke")
+    command = [sys.executable, "-m", f"benchmarks.{module}", *options]
+    command += ["--dsn", pg.ADMIN_DSN, "--database", database, "--out", str(out)]
     try:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.run",
-                "--smoke",
-                "--no-plots",
-                "--dsn",
-                pg.ADMIN_DSN,
-                "--database",
-                database,
-                "--out",
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+            command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
         )
     finally:
         pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_benchmark_command_runs_and_writes_its_results(tmp_path: Path) -> None:
+    result = _run("run", tmp_path, "--smoke", "--no-plots")
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["drain"]) == {"500@10", "500@50", "500@200"}
     for pair in results["drain"].values():
@@ -57,35 +49,7 @@ def test_benchmark_command_runs_and_writes_its_results(tmp_path: Path) -> None:
 
 
 def test_submission_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
-    database = pg.unique_name("iron_defer_bench_submission_smoke")
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.submission",
-                "--rounds",
-                "1",
-                "--single",
-                "20",
-                "--bulk",
-                "600",
-                "--dsn",
-                pg.ADMIN_DSN,
-                "--database",
-                database,
-                "--out",
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    finally:
-        pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    assert result.returncode == 0, result.stderr[-4000:]
+    _run("submission", tmp_path, "--rounds", "1", "--single", "20", "--bulk", "600")
     results = json.loads((tmp_path / "submission.json").read_text())
     assert set(results["median"]) == {"plain", "key", "audit", "key+audit"}
     assert all(v["single"] > 0 and v["bulk"] > 0 for v in results["median"].values())
@@ -93,31 +57,7 @@ def test_submission_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> 
 
 
 def test_checkpoint_benchmark_runs_and_reports_every_size(tmp_path: Path) -> None:
-    database = pg.unique_name("iron_defer_bench_checkpoint_smoke")
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.checkpoint",
-                "--samples",
-                "4",
-                "--dsn",
-                pg.ADMIN_DSN,
-                "--database",
-                database,
-                "--out",
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    finally:
-        pg.run_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    assert result.returncode == 0, result.stderr[-4000:]
+    _run("checkpoint", tmp_path, "--samples", "4")
     results = json.loads((tmp_path / "checkpoint.json").read_text())
     assert list(results) == ["1 KiB", "64 KiB", "1 MiB"]
     assert all(stats["p99"] > 0 for stats in results.values())

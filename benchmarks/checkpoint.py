@@ -9,11 +9,7 @@ docs/benchmarks/checkpoint.json and checkpoint.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
@@ -71,21 +67,13 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument(
-        "--dsn", default=os.environ.get("IRON_DEFER_BENCH_ADMIN_DSN", run.DEFAULT_ADMIN)
-    )
-    parser.add_argument("--database", default="iron_defer_bench_checkpoint")
+    parser = run.side_parser(__doc__, "iron_defer_bench_checkpoint")
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=run.OUT)
     args = parser.parse_args()
     dsn = run.fresh(args.dsn, args.database)
     quiet_production_logging()  # as `serve` logs in production, written nowhere
     results = trio.run(measure, dsn, args.samples)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "checkpoint.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "checkpoint.md").write_text(table(results) + "\n")
-    print(table(results))
+    run.write_results(args.out, "checkpoint", results, table(results))
 
 
 if __name__ == "__main__":

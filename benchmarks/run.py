@@ -156,6 +156,26 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": runs}
 
 
+def side_parser(doc: str | None, database: str) -> argparse.ArgumentParser:
+    """The options every side benchmark (submission, checkpoint, cancel) shares: the admin
+    DSN, its own database and the output folder."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument(
+        "--dsn", default=os.environ.get("IRON_DEFER_BENCH_ADMIN_DSN", DEFAULT_ADMIN)
+    )
+    parser.add_argument("--database", default=database)
+    parser.add_argument("--out", type=Path, default=OUT)
+    return parser
+
+
+def write_results(out: Path, name: str, results: dict[str, Any], table: str) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` (the table) into ``out``; print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+    print(table)
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
 

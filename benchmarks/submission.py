@@ -11,12 +11,8 @@ docs/benchmarks/submission.json and submission.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import trio
@@ -102,24 +98,16 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument(
-        "--dsn", default=os.environ.get("IRON_DEFER_BENCH_ADMIN_DSN", run.DEFAULT_ADMIN)
-    )
-    parser.add_argument("--database", default="iron_defer_bench_submission")
+    parser = run.side_parser(__doc__, "iron_defer_bench_submission")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--single", type=int, default=1000)
     parser.add_argument("--bulk", type=int, default=10_000)
-    parser.add_argument("--out", type=Path, default=run.OUT)
     args = parser.parse_args()
     dsn = run.fresh(args.dsn, args.database)
     quiet_production_logging()  # as `serve` logs in production, written nowhere
     results = trio.run(measure, dsn, args.rounds, args.single, args.bulk)
     results["conditions"] = run.conditions(dsn)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "submission.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / "submission.md").write_text(table(results) + "\n")
-    print(table(results))
+    run.write_results(args.out, "submission", results, table(results))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class InvalidTransition(IronDeferError):
     """The task exists but is not in a status that allows the requested change.
 
     ``status`` holds the task's status as read after the refused change, for example
-    cancelling a task that is already ``running`` or ``completed``.
+    cancelling a task that is already ``completed``, or signalling one that is not
+    ``suspended``.
     """
 
     def __init__(self, task_id: object, status: str, action: str) -> None:

@@ -416,5 +416,13 @@ def task_detail(task: TaskOut) -> str:
             "checkpoint",
             "-" if task.checkpoint is None else json.dumps(task.checkpoint, ensure_ascii=False),
         ),
+        ("suspended_at", timestamp(task.suspended_at, precise=True)),
+        (
+            "signal_payload",
+            "-"
+            if task.signal_payload is None
+            else json.dumps(task.signal_payload, ensure_ascii=False),
+        ),
+        ("cancel_requested_at", timestamp(task.cancel_requested_at, precise=True)),
     ]
     return table(["FIELD", "VALUE"], rows)

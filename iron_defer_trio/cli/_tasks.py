@@ -125,12 +125,18 @@ async def _get(settings: Settings, task_id: UUID) -> TaskRecord:
 
 @tasks_app.command("cancel")
 def cancel_task(ctx: typer.Context, task_id: TaskId, as_json: AsJson = False) -> None:
-    """Cancel a task that has not started yet (a running or finished task is a conflict)."""
+    """Cancel a task. A running task is stopped on whichever engine runs it (a finished task
+    is a conflict)."""
     the_id = parse_task_id(task_id)
     record = run(_cancel, database_settings(ctx), the_id)
     task = TaskOut.from_record(record)
     if as_json:
         print_json(task.to_json())
+    elif task.status is TaskStatus.RUNNING:
+        echo(
+            f"cancellation requested for running task {task.id}: "
+            "it ends cancelled once its handler stops"
+        )
     else:
         echo(f"cancelled task {task.id}")
 

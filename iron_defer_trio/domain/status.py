@@ -33,9 +33,16 @@ _FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLE
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # claim; cancel before it ran
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
-    # complete; retry, lease recovery or release on shutdown; give up; suspend
+    # complete; retry, lease recovery or release on shutdown; give up; suspend; stopped by a
+    # cancel request
     TaskStatus.RUNNING: frozenset(
-        {TaskStatus.COMPLETED, TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.SUSPENDED}
+        {
+            TaskStatus.COMPLETED,
+            TaskStatus.PENDING,
+            TaskStatus.FAILED,
+            TaskStatus.SUSPENDED,
+            TaskStatus.CANCELLED,
+        }
     ),
     # signal; cancel; suspend_timeout
     TaskStatus.SUSPENDED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED, TaskStatus.FAILED}),

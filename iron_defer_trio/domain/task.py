@@ -202,6 +202,9 @@ class TaskRecord(BaseModel):
     suspended_at: datetime | None = None
     #: What the latest signal carried (None before any).
     signal_payload: JsonValue = None
+    #: When cancellation was requested while the task ran (None: never). It stays set once
+    #: the task ended: cancelled, or completed when the handler returned first.
+    cancel_requested_at: datetime | None = None
 
 
 class EnqueuedTask(TaskRecord):

@@ -194,7 +194,13 @@ class Engine:
             suspend_timeout=settings.worker.suspend_timeout,
         )
         self._listener = NotificationListener(
-            store, self._health, self._log, self._rng, wake=self._wake, wake_all=self._wake_all
+            store,
+            self._health,
+            self._log,
+            self._rng,
+            wake=self._wake,
+            wake_all=self._wake_all,
+            cancel=self._cancel_announced,
         )
         self._workers = {
             name: QueueWorker(
@@ -311,6 +317,23 @@ class Engine:
             for worker in self._workers.values():
                 worker.wake()
 
+    def _cancel_announced(self, task_id: str) -> None:
+        """A cancel request for a running task was announced: stop its handler if it runs
+        here (most announcements are for tasks other engines run)."""
+        try:
+            the_id = UUID(task_id)
+        except ValueError:
+            return  # not ours: someone else's NOTIFY on the channel
+        for running in self._inflight.request_cancel(the_id):
+            record = running.record
+            self._log.info(
+                "task_cancel_observed",
+                task_id=task_id,
+                queue=record.queue,
+                kind=record.kind,
+                via="notification",
+            )
+
     def _outcome_written(self, outcome: Outcome, result: FinishResult | None) -> None:
         self._written += 1
         if result is None:
@@ -402,8 +425,11 @@ class Engine:
                     consequence="the sweeper will recover these tasks once their lease expires",
                 )
             else:
-                for task_id in released:
-                    self._log.warning("task_released", task_id=str(task_id), reason="shutdown")
+                for task_id, status in released.items():
+                    if status is TaskStatus.CANCELLED:
+                        self._log.info("task_cancelled", task_id=str(task_id), reason="requested")
+                    else:
+                        self._log.warning("task_released", task_id=str(task_id), reason="shutdown")
         if scope.cancelled_caught:
             self._log.error("release_failed", error="timed out")
 
@@ -847,18 +873,36 @@ class Engine:
         return record
 
     async def cancel(self, task_id: UUID | str) -> TaskRecord:
-        """Cancel a task that is pending (not started yet) or suspended.
+        """Cancel a task.
+
+        A pending or suspended task is ``cancelled`` at once. For a running task the request
+        is recorded and announced: the engine running it, in any process, cancels the
+        handler's cancel scope (the handler sees ``trio.Cancelled`` at its next checkpoint, and
+        may shield its cleanup) and the task ends ``cancelled``, never retried. If the handler
+        returns before the request reaches it, the task is ``completed`` instead. Repeating the
+        request is harmless.
 
         Returns:
-            The task, now ``cancelled``.
+            The task: ``cancelled``, or ``running`` with ``cancel_requested_at`` set.
 
         Raises:
             TaskNotFound: no task has this id.
-            InvalidTransition: the task is running or already finished (``exc.status``).
+            InvalidTransition: the task had already finished (``exc.status``).
         """
         the_id = _as_uuid(task_id)
         self._check_open()
         result = await self._store.cancel(the_id)
+        if result.requested is not None:
+            record = result.requested
+            self._log.info(
+                "task_cancel_requested",
+                task_id=str(record.id),
+                queue=record.queue,
+                kind=record.kind,
+            )
+            # The task may run on this very engine: stop it without waiting for the NOTIFY.
+            self._cancel_announced(str(record.id))
+            return record
         record = self._changed_or_raise(the_id, result.cancelled, result.current, "cancel")
         self._log.info(
             "task_cancelled", task_id=str(record.id), queue=record.queue, kind=record.kind

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 class Heartbeat:
-    """Keeps leases alive; a task whose lease was lost has its handler cancelled."""
+    """Keeps leases alive; a task whose lease was lost has its handler cancelled, and so has
+    one whose cancellation was requested (when its notification did not arrive)."""
 
     def __init__(
         self,
@@ -55,7 +56,17 @@ class Heartbeat:
             # lease; one whose outcome was handed to the completer is finished.
             if running.finished or record.id not in ids:
                 continue
-            if held.get(record.id) == record.attempts:
+            lease = held.get(record.id)
+            if lease is not None and lease.attempt == record.attempts:
+                if lease.cancel_requested and not running.cancel_requested:
+                    self._inflight.request_cancel(record.id)
+                    self._log.info(
+                        "task_cancel_observed",
+                        task_id=str(record.id),
+                        queue=record.queue,
+                        kind=record.kind,
+                        via="heartbeat",
+                    )
                 continue
             lost.add((record.id, record.attempts))
             running.lease_lost = True

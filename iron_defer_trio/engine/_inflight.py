@@ -24,6 +24,9 @@ class Running:
     #: True once the handler finished and its outcome waits for the completer.
     finished: bool = False
     lease_lost: bool = False
+    #: Cancellation of the task was requested (engine.cancel on any engine): the attempt ends
+    #: cancelled.
+    cancel_requested: bool = False
     started_at: float = 0.0
 
 
@@ -45,6 +48,19 @@ class InFlight:
 
     def remove(self, task_id: UUID, attempt: int) -> None:
         self._tasks.pop((task_id, attempt), None)
+
+    def request_cancel(self, task_id: UUID) -> list[Running]:
+        """Cancel the attempts of ``task_id`` held here whose handler has not finished (one,
+        or none when another engine runs it); return them."""
+        hit = [
+            running
+            for (held_id, _), running in self._tasks.items()
+            if held_id == task_id and not running.finished and not running.cancel_requested
+        ]
+        for running in hit:
+            running.cancel_requested = True
+            running.scope.cancel()
+        return hit
 
     def task_ids(self) -> list[UUID]:
         """Ids of every leased task (once each)."""

@@ -1,8 +1,10 @@
-"""Turns NOTIFY messages into wake-ups of the queue workers.
+"""Turns NOTIFY messages into wake-ups of the queue workers and cancellations of running
+tasks.
 
-Notifications only cut latency: the workers poll anyway, so a lost notification, a dead
-listener or a proxy that drops LISTEN (PgBouncer in transaction mode) costs at most one poll
-interval. After every (re)connect all queues are woken, for what may have been missed.
+Notifications only cut latency: the workers poll anyway, and the heartbeat reports cancel
+requests, so a lost notification, a dead listener or a proxy that drops LISTEN (PgBouncer in
+transaction mode) costs at most one poll interval (wake-ups) or one heartbeat interval
+(cancellations). After every (re)connect all queues are woken, for what may have been missed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import trio
 
 from iron_defer_trio.engine._health import Backoff, DatabaseHealth
 from iron_defer_trio.errors import StoreError
+from iron_defer_trio.store.protocol import NotificationKind
 
 if TYPE_CHECKING:
     import random
@@ -38,6 +41,7 @@ class NotificationListener:
         *,
         wake: Callable[[str], None],
         wake_all: Callable[[], None],
+        cancel: Callable[[str], None],
     ) -> None:
         self._store = store
         self._health = health
@@ -45,6 +49,7 @@ class NotificationListener:
         self._backoff = Backoff(rng)
         self._wake = wake
         self._wake_all = wake_all
+        self._cancel = cancel
         self.connected = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -67,8 +72,11 @@ class NotificationListener:
     async def _pump(self, listener: Listener) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_alive, listener, nursery.cancel_scope)
-            async for queue in listener.notifications:
-                self._wake(queue)
+            async for notification in listener.notifications:
+                if notification.kind is NotificationKind.CANCEL:
+                    self._cancel(notification.value)
+                else:
+                    self._wake(notification.value)
             nursery.cancel_scope.cancel()
 
     async def _keep_alive(self, listener: Listener, scope: trio.CancelScope) -> None:

@@ -74,11 +74,12 @@ class QueueWorkerStatistics:
     #: Tasks claimed since the engine started.
     claimed: int
     #: Attempts that ended: completed, retried (failed with attempts left), failed for good,
-    #: and handed back (shutdown or lost lease).
+    #: handed back (shutdown or lost lease), and stopped by a cancel request.
     completed: int
     retried: int
     failed: int
     released: int
+    cancelled: int = 0
 
 
 class _Wakeup:
@@ -188,6 +189,7 @@ class QueueWorker:
             retried=self._counts[OutcomeKind.RETRY],
             failed=self._counts[OutcomeKind.FAILED],
             released=self._counts[OutcomeKind.RELEASED],
+            cancelled=self._counts[OutcomeKind.CANCELLED],
         )
 
     @property
@@ -330,6 +332,12 @@ class QueueWorker:
         try:
             outcome = await self._traced_attempt(running, log)
         except trio.Cancelled:
+            if running.cancel_requested:
+                # Asked to stop anyway: cancelled, not handed back for another attempt.
+                self._finish(running, Outcome(record.id, record.attempts, OutcomeKind.CANCELLED))
+                self._record_duration(running, labels, "cancelled")
+                log.info("task_cancelled", reason="requested")
+                raise
             # Shutdown's deadline passed: give the task back. The interrupted attempt does not
             # count against the task, since the task did not fail.
             self._finish(running, Outcome(record.id, record.attempts, OutcomeKind.RELEASED))
@@ -372,6 +380,11 @@ class QueueWorker:
             return
         if outcome.kind is OutcomeKind.SUSPENDED:
             log.info("task_suspended", duration_ms=duration_ms)
+            return
+        if outcome.kind is OutcomeKind.CANCELLED:
+            log.info(
+                "task_cancelled", reason="requested", duration_ms=duration_ms, error=outcome.error
+            )
             return
         self._metrics.task_failures.add(1, labels)
         failure = outcome if isinstance(outcome, _Failure) else None
@@ -452,6 +465,13 @@ class QueueWorker:
     async def _attempt(self, running: Running, log: Logger) -> Outcome | None:
         """Run the handler; return the outcome to write, or None when the lease was lost."""
         record = running.record
+        if running.cancel_requested:
+            # Cancelled while it waited for a slot (fetched ahead): never start it.
+            return Outcome(record.id, record.attempts, OutcomeKind.CANCELLED)
+        return _unless_cancelled(running, await self._run_handler(running, log))
+
+    async def _run_handler(self, running: Running, log: Logger) -> Outcome | None:
+        record = running.record
         cls = self._registry.get(record.kind)
         try:
             task = cls.model_validate(record.payload)
@@ -491,6 +511,8 @@ class QueueWorker:
             return self._failure(record, f"{type(exc).__name__}: {exc}", cls.RETRY, exception=exc)
         if running.scope.cancelled_caught and running.lease_lost:
             return None  # another worker owns the task now; writing would be refused anyway
+        if running.scope.cancelled_caught and running.cancel_requested:
+            return Outcome(record.id, record.attempts, OutcomeKind.CANCELLED)
         if limit.cancelled_caught:
             return self._failure(
                 record,
@@ -545,6 +567,15 @@ class _Failure(Outcome):
 
     traceback: str | None = None
     exception: BaseException | None = None
+
+
+def _unless_cancelled(running: Running, outcome: Outcome | None) -> Outcome | None:
+    """Whatever a handler did once its task's cancellation was requested (raised from its
+    cleanup, suspended, timed out), the task was asked to stop: it ends cancelled, never
+    retried. A handler that completed first completed."""
+    if outcome is None or not running.cancel_requested or outcome.kind is OutcomeKind.COMPLETED:
+        return outcome
+    return Outcome(outcome.task_id, outcome.attempt, OutcomeKind.CANCELLED, outcome.error)
 
 
 def _seconds_between(earlier: datetime | None, later: datetime | None) -> float | None:

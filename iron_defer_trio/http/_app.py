@@ -159,9 +159,16 @@ ROUTES: tuple[Route, ...] = (
         "DELETE",
         "/tasks/{id}",
         "cancelTask",
-        "Cancel a pending or suspended task",
+        "Cancel a task; a running one is stopped on whichever engine runs it",
         h.cancel_task,
-        {200: ("The task, now cancelled", TaskOut)},
+        {
+            200: ("The task, now cancelled (it was pending or suspended)", TaskOut),
+            202: (
+                "The task is running: cancellation was requested (cancelRequestedAt) and it "
+                "ends cancelled once its handler stops",
+                TaskOut,
+            ),
+        },
         errors=(*_TASK_ERRORS, "INVALID_TRANSITION"),
         tags=("tasks",),
     ),

@@ -258,9 +258,10 @@ async def signal_task(id: str) -> Response:
 
 
 async def cancel_task(id: str) -> Response:
-    """DELETE /tasks/{id}."""
+    """DELETE /tasks/{id}: 200 when cancelled, 202 when a running task was asked to stop."""
     record = await state().engine.cancel(_task_id(id))
-    return json_response(TaskOut.from_record(record))
+    accepted = record.status is TaskStatus.RUNNING
+    return json_response(TaskOut.from_record(record), status=202 if accepted else 200)
 
 
 # --- queues and operations ------------------------------------------------------------------

@@ -74,6 +74,9 @@ class TaskOut(WireModel):
     suspended_at: datetime | None = None
     #: What the latest signal carried (null before any).
     signal_payload: JsonValue = None
+    #: When cancellation was requested while the task ran (null: never); a DELETE of a
+    #: running task answers 202 with this set, and the task ends cancelled soon after.
+    cancel_requested_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:

@@ -34,6 +34,9 @@ from iron_defer_trio.store.protocol import (
     CancelResult,
     ExpiredSuspension,
     FinishResult,
+    HeldLease,
+    Notification,
+    NotificationKind,
     Outcome,
     OutcomeKind,
     RecoveredTask,
@@ -47,8 +50,11 @@ if TYPE_CHECKING:
 
     from iron_defer_trio.config import DatabaseSettings
 
-#: The NOTIFY channel; the payload is the queue name.
+#: The NOTIFY channel of new work; the payload is the queue name.
 CHANNEL = "iron_defer"
+#: The NOTIFY channel of cancel requests for running tasks; the payload is the task id.
+CANCEL_CHANNEL = "iron_defer_cancel"
+_CHANNEL_KINDS = {CHANNEL: NotificationKind.WAKE, CANCEL_CHANNEL: NotificationKind.CANCEL}
 #: Notifications waiting for the engine. They are only wake-ups (the poll catches up), so
 #: when the engine falls this far behind, dropping more is harmless.
 _NOTIFY_BUFFER = 1024
@@ -105,10 +111,10 @@ async def _aio_signal(conn: _Conn, task_id: UUID, payload: str, audit: bool) -> 
 
 
 async def _aio_cancel(conn: _Conn, task_id: UUID, audit: bool) -> tuple[Any, Any]:
-    row = await conn.fetchrow(TASKS["cancel_pending"], task_id, audit)
+    row = await conn.fetchrow(TASKS["cancel"], task_id, audit)
     if row is not None:
         return row, None
-    # Not pending (or absent): read what it is now, after the refused change.
+    # Finished (or absent): read what it is now, after the refused change.
     return None, await conn.fetchrow(TASKS["get"], task_id)
 
 
@@ -124,7 +130,8 @@ async def _aio_listen(
         server_settings={"application_name": "iron-defer-trio listen"},
     )
     try:
-        await conn.add_listener(CHANNEL, on_notify)
+        for channel in _CHANNEL_KINDS:
+            await conn.add_listener(channel, on_notify)
     except BaseException:
         conn.terminate()
         raise
@@ -202,6 +209,7 @@ _OUTCOME_STATUS = {
     OutcomeKind.FAILED: TaskStatus.FAILED,
     OutcomeKind.RELEASED: TaskStatus.PENDING,
     OutcomeKind.SUSPENDED: TaskStatus.SUSPENDED,
+    OutcomeKind.CANCELLED: TaskStatus.CANCELLED,
 }
 
 
@@ -210,7 +218,7 @@ _OUTCOME_STATUS = {
 
 @dataclass(slots=True)
 class _PgListener:
-    notifications: trio.MemoryReceiveChannel[str]
+    notifications: trio.MemoryReceiveChannel[Notification]
     _bridge: Bridge
     _conn: _Conn
     _timeout: float
@@ -407,9 +415,12 @@ class PostgresStore:
         return [_record(row) for row in rows]
 
     async def cancel(self, task_id: UUID) -> CancelResult:
-        cancelled, current = await self._run(_aio_cancel, task_id, self._settings.audit_log)
-        if cancelled is not None:
-            return CancelResult(cancelled=_record(cancelled), current=None)
+        changed, current = await self._run(_aio_cancel, task_id, self._settings.audit_log)
+        if changed is not None:
+            record = _record(changed)
+            if record.status is TaskStatus.RUNNING:
+                return CancelResult(cancelled=None, current=None, requested=record)
+            return CancelResult(cancelled=record, current=None)
         return CancelResult(cancelled=None, current=None if current is None else _record(current))
 
     async def claim(
@@ -437,11 +448,11 @@ class PostgresStore:
         *,
         lease: float,
         now: datetime | None = None,
-    ) -> dict[UUID, int]:
+    ) -> dict[UUID, HeldLease]:
         if not task_ids:
             return {}
         rows = await self._fetch("heartbeat", worker_id, list(task_ids), lease, now)
-        return {row["id"]: row["attempts"] for row in rows}
+        return {row["id"]: HeldLease(row["attempts"], row["cancel_requested"]) for row in rows}
 
     async def finish(
         self, worker_id: UUID, outcomes: Sequence[Outcome], *, now: datetime | None = None
@@ -464,9 +475,9 @@ class PostgresStore:
             FinishResult(row["id"], TaskStatus(row["status"]), row["scheduled_at"]) for row in rows
         ]
 
-    async def release_worker(self, worker_id: UUID) -> list[UUID]:
+    async def release_worker(self, worker_id: UUID) -> dict[UUID, TaskStatus]:
         rows = await self._fetch("release_worker", worker_id, self._settings.audit_log)
-        return [row["id"] for row in rows]
+        return {row["id"]: TaskStatus(row["status"]) for row in rows}
 
     async def recover_expired(
         self, *, limit: int, worker_id: UUID | None = None, now: datetime | None = None
@@ -517,12 +528,13 @@ class PostgresStore:
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[_PgListener]:
         """Open a dedicated LISTEN connection (never pooled: a pool reset would UNLISTEN)."""
-        send, receive = trio.open_memory_channel[str](_NOTIFY_BUFFER)
+        send, receive = trio.open_memory_channel[Notification](_NOTIFY_BUFFER)
 
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
-            # Runs on the trio thread (trio-asyncio runs asyncio callbacks there).
+        def on_notify(_conn: Any, _pid: int, channel: str, payload: object) -> None:
+            # Runs on the trio thread (trio-asyncio runs asyncio callbacks there). A dropped
+            # cancel request is caught up by the heartbeat, like a dropped wake-up by the poll.
             with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                send.send_nowait(str(payload))
+                send.send_nowait(Notification(_CHANNEL_KINDS[channel], str(payload)))
 
         def on_terminate(_conn: Any) -> None:
             send.close()
@@ -586,4 +598,4 @@ async def migrate(settings: DatabaseSettings) -> MigrationReport:
         )
 
 
-__all__ = ["CHANNEL", "PostgresStore", "migrate", "open_postgres_store"]
+__all__ = ["CANCEL_CHANNEL", "CHANNEL", "PostgresStore", "migrate", "open_postgres_store"]

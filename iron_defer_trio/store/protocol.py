@@ -37,7 +37,10 @@ __all__ = [
     "CancelResult",
     "ExpiredSuspension",
     "FinishResult",
+    "HeldLease",
     "Listener",
+    "Notification",
+    "NotificationKind",
     "Outcome",
     "OutcomeKind",
     "RecoveredTask",
@@ -61,6 +64,8 @@ class OutcomeKind(StrEnum):
     RELEASED = "released"
     #: The handler suspended the task: it waits for a signal, and the attempt does not count.
     SUSPENDED = "suspended"
+    #: The attempt was stopped because cancellation of the task was requested: cancelled.
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ class Outcome:
     #: The attempt number the worker ran; the write is refused if the row moved on.
     attempt: int
     kind: OutcomeKind
-    #: Stored as last_error for RETRY and FAILED.
+    #: Stored as last_error for RETRY and FAILED (and CANCELLED when the handler raised).
     error: str | None = None
     #: Seconds until the retry is due (RETRY only).
     delay: float = 0.0
@@ -88,12 +93,41 @@ class FinishResult:
 
 @dataclass(frozen=True, slots=True)
 class CancelResult:
-    """What a cancel request found: exactly one field is set, or neither (no such task)."""
+    """What a cancel request found: exactly one field is set, or none (no such task)."""
 
-    #: The task, now cancelled.
+    #: The task, now cancelled (it was pending or suspended).
     cancelled: TaskRecord | None
-    #: The task as it is after the refused change (it was not pending).
+    #: The task as it is after the refused change (it had finished).
     current: TaskRecord | None
+    #: The task, still running, with its cancellation requested and announced.
+    requested: TaskRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease the heartbeat renewed."""
+
+    #: The attempt the task is at (a stale local attempt shows as a mismatch).
+    attempt: int
+    #: Cancellation of the task was requested.
+    cancel_requested: bool = False
+
+
+class NotificationKind(StrEnum):
+    """What a notification announces."""
+
+    #: New due work in a queue; the value is the queue name.
+    WAKE = "wake"
+    #: Cancellation of a running task was requested; the value is the task id.
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One NOTIFY the listener received."""
+
+    kind: NotificationKind
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +166,10 @@ class RecoveredTask:
 
 
 class Listener(Protocol):
-    """A live LISTEN session: queue names arrive on :attr:`notifications`."""
+    """A live LISTEN session: wake-ups and cancel requests arrive on :attr:`notifications`."""
 
-    #: Queue names from NOTIFY payloads. The channel closes when the connection is lost.
-    notifications: trio.MemoryReceiveChannel[str]
+    #: What NOTIFY announced. The channel closes when the connection is lost.
+    notifications: trio.MemoryReceiveChannel[Notification]
 
     async def ping(self) -> None:
         """Round-trip on the LISTEN connection; raises StoreUnavailable if it is dead."""
@@ -243,7 +277,8 @@ class TaskStore(Protocol):
         ...
 
     async def cancel(self, task_id: UUID) -> CancelResult:
-        """Cancel a pending task, or read it as it is when it cannot be cancelled."""
+        """Cancel a pending or suspended task; request (and announce on the cancel channel)
+        the cancellation of a running one; or read the task as it is when it has finished."""
         ...
 
     async def claim(
@@ -270,9 +305,9 @@ class TaskStore(Protocol):
         *,
         lease: float,
         now: datetime | None = None,
-    ) -> dict[UUID, int]:
-        """Extend the leases of tasks still running under ``worker_id``; return their ids
-        with the attempt each is at (a stale local attempt shows as a mismatch)."""
+    ) -> dict[UUID, HeldLease]:
+        """Extend the leases of tasks still running under ``worker_id``; return what each
+        renewed lease is at (its attempt, and whether its cancellation was requested)."""
         ...
 
     async def finish(
@@ -282,9 +317,10 @@ class TaskStore(Protocol):
         under ``worker_id`` at the same attempt (fencing). Returns the applied ones."""
         ...
 
-    async def release_worker(self, worker_id: UUID) -> list[UUID]:
+    async def release_worker(self, worker_id: UUID) -> dict[UUID, TaskStatus]:
         """Hand back every task still running under ``worker_id`` (pending at once; the
-        interrupted attempt does not count). Used as the last step of a shutdown."""
+        interrupted attempt does not count), or cancel it when its cancellation was requested.
+        Used as the last step of a shutdown; returns the tasks with their new status."""
         ...
 
     async def recover_expired(
@@ -320,5 +356,5 @@ class TaskStore(Protocol):
         ...
 
     def listen(self) -> AbstractAsyncContextManager[Listener]:
-        """Open a dedicated LISTEN session for new-work notifications."""
+        """Open a dedicated LISTEN session for new-work and cancel notifications."""
         ...

@@ -61,3 +61,13 @@ def test_checkpoint_benchmark_runs_and_reports_every_size(tmp_path: Path) -> Non
     results = json.loads((tmp_path / "checkpoint.json").read_text())
     assert list(results) == ["1 KiB", "64 KiB", "1 MiB"]
     assert all(stats["p99"] > 0 for stats in results.values())
+
+
+def test_cancel_benchmark_runs_and_reports_both_delays(tmp_path: Path) -> None:
+    _run("cancel", tmp_path, "--samples", "3")
+    results = json.loads((tmp_path / "cancel.json").read_text())
+    assert results["samples"] == 3
+    seen, final = results["handler_sees_cancelled_ms"], results["task_cancelled_ms"]
+    assert 0 < seen["p50"] <= seen["max"] < 5000
+    assert 0 < final["p50"] <= final["max"] < 5000
+    assert "trio.Cancelled" in (tmp_path / "cancel.md").read_text()

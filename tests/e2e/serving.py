@@ -54,6 +54,20 @@ class Sleep(iron_defer.Task):
 
     async def execute(self, ctx: iron_defer.TaskContext) -> None:
         await trio.sleep(self.seconds)
+
+
+# Checkpoints, suspends until a signal, checkpoints the answer, then holds its slot for
+# `hold` seconds (long enough to be cancelled while running).
+class Durable(iron_defer.Task):
+    KIND: ClassVar[str] = "durable"
+    hold: float = 0.0
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        await ctx.checkpoint({"step": "asked"})
+        if ctx.signal_payload is None:
+            await ctx.suspend()
+        await ctx.checkpoint({"step": "approved", "by": ctx.signal_payload})
+        await trio.sleep(self.hold)
 """
 
 

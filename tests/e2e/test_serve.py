@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests import pg
-from tests.e2e.serving import Server, base_env, start_server, wait_for, write_tasks_module
+from tests.e2e.serving import Server, base_env, start_server, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     from iron_defer_trio.store._cluster import PrivateCluster
 
 TOKEN = "e2e-token-0123456789"
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    return write_tasks_module(tmp_path)
 
 
 @pytest.fixture

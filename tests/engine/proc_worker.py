@@ -1,13 +1,14 @@
 """An engine in its own process, for tests that SIGKILL it.
 
 Usage: ``python -m tests.engine.proc_worker DSN``. It runs tasks of kind ``block`` (which
-never finish) and ``progress`` (which checkpoint, see :class:`Progress`), and prints
-``ready <worker_id>`` once its workers run.
+never finish), ``progress`` (which checkpoint, see :class:`Progress`) and ``cancellable``
+(see :class:`Cancellable`), and prints ``ready <worker_id>`` once its workers run.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import ClassVar
 
 import trio
@@ -48,6 +49,24 @@ class Progress(iron_defer.Task):
             Progress.done.set()
 
 
+class Cancellable(iron_defer.Task):
+    """Waits forever; prints ``started <id> <attempt>`` when it starts and, when cancelled,
+    ``cancelled <id> <wall-clock time>`` from a shielded cleanup."""
+
+    KIND: ClassVar[str] = "cancellable"
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        print(f"started {ctx.task_id} {ctx.attempt}", flush=True)
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            seen = time.time()
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.05)  # cleanup that itself awaits
+                print(f"cancelled {ctx.task_id} {seen}", flush=True)
+            raise
+
+
 async def main(dsn: str) -> None:
     settings = Settings.build(
         database={"url": dsn, "max_connections": 2},
@@ -58,7 +77,9 @@ async def main(dsn: str) -> None:
             "poll_interval": 0.2,
         },
     )
-    async with iron_defer.open_engine(settings, tasks=[Block, Progress], migrate=False) as engine:
+    async with iron_defer.open_engine(
+        settings, tasks=[Block, Progress, Cancellable], migrate=False
+    ) as engine:
         print(f"ready {engine.worker_id}", flush=True)
         await trio.sleep_forever()
 

@@ -90,6 +90,7 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "attemptTimeout",
         "suspendedAt",
         "signalPayload",
+        "cancelRequestedAt",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"
@@ -215,7 +216,9 @@ async def test_get_returns_the_task_or_404_or_400(open_api: Callable[..., Any]) 
 async def test_delete_cancels_pending_and_refuses_the_rest(
     open_api: Callable[..., Any], db: Db
 ) -> None:
-    """Pending -> 200 cancelled; already cancelled or running -> 409; unknown -> 404."""
+    """Pending -> 200 cancelled; running -> 202 still running with cancelRequestedAt (the
+    request recorded, the engine that runs it stops it); already cancelled -> 409; unknown ->
+    404."""
     with trio.fail_after(15):
         async with open_api() as (client, engine):
             pending = await engine.enqueue(SendEmail(to="x"))
@@ -228,21 +231,24 @@ async def test_delete_cancels_pending_and_refuses_the_rest(
             )
             cancelled = await client.delete(f"/tasks/{pending.id}")
             assert cancelled.status_code == 200
-            assert json.loads(await cancelled.get_data())["status"] == "cancelled"
+            body = json.loads(await cancelled.get_data())
+            assert (body["status"], body["cancelRequestedAt"]) == ("cancelled", None)
             again = await _problem(
                 await client.delete(f"/tasks/{pending.id}"), 409, "INVALID_TRANSITION"
             )
             assert "cancelled" in again["detail"]
-            busy = await _problem(
-                await client.delete(f"/tasks/{running.id}"), 409, "INVALID_TRANSITION"
-            )
-            assert "running" in busy["detail"]
+            asked = await client.delete(f"/tasks/{running.id}")
+            assert asked.status_code == 202
+            asked_body = json.loads(await asked.get_data())
+            assert asked_body["status"] == "running"
+            assert asked_body["cancelRequestedAt"] is not None
             await _problem(await client.delete(f"/tasks/{uuid.uuid4()}"), 404, "TASK_NOT_FOUND")
             await _problem(await client.delete("/tasks/nope"), 400, "INVALID_TASK_ID")
-        assert (
-            await db.fetchval("SELECT status FROM iron_defer.tasks WHERE id = $1", running.id)
-            == "running"
+        stored = await db.fetchrow(
+            "SELECT status, cancel_requested_at FROM iron_defer.tasks WHERE id = $1", running.id
         )
+    assert stored["status"] == "running"
+    assert stored["cancel_requested_at"] is not None
 
 
 async def test_list_filters_and_paginates_stably_under_inserts(

@@ -19,7 +19,7 @@ from iron_defer_trio.config import DatabaseSettings
 from iron_defer_trio.domain import TaskStatus
 from iron_defer_trio.errors import StoreError
 from iron_defer_trio.store import open_postgres_store
-from iron_defer_trio.store.protocol import FinishResult, Outcome, OutcomeKind
+from iron_defer_trio.store.protocol import FinishResult, HeldLease, Outcome, OutcomeKind
 from tests.store._support import db_now, new_task, row, seconds
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ async def test_heartbeat_extends_only_the_leases_this_worker_holds(
             )
             after = {t.id: await row(db, t.id) for t in (theirs, done, waiting)}
             mine = [await row(db, t.id) for t in (mine_a, mine_b)]
-    assert renewed == {mine_a.id: 1, mine_b.id: 1}
+    assert renewed == {mine_a.id: HeldLease(1), mine_b.id: HeldLease(1)}
     for stored in mine:
         assert stored["claimed_until"] == later + seconds(10)
         assert stored["status"] == "running"
@@ -77,7 +77,7 @@ async def test_heartbeat_leaves_unlisted_tasks_alone(database_url: str, db: Db) 
             renewed = await store.heartbeat(me, [listed.id], lease=60, now=now)
             assert await store.heartbeat(me, [], lease=60, now=now) == {}
         listed_row, unlisted_row = await row(db, listed.id), await row(db, unlisted.id)
-    assert renewed == {listed.id: 1}
+    assert renewed == {listed.id: HeldLease(1)}
     assert listed_row["claimed_until"] == now + seconds(60)
     assert unlisted_row["claimed_until"] == now + seconds(5)
 
@@ -90,7 +90,7 @@ async def test_heartbeat_without_now_uses_the_database_clock(database_url: str, 
             [task] = await store.enqueue([new_task()])
             await store.claim("default", me, kinds=["job"], limit=1, lease=1)
             before = await db_now(db)
-            assert await store.heartbeat(me, [task.id], lease=100) == {task.id: 1}
+            assert await store.heartbeat(me, [task.id], lease=100) == {task.id: HeldLease(1)}
             after = await db_now(db)
         stored = await row(db, task.id)
     assert before + seconds(100) <= stored["claimed_until"] <= after + seconds(100)
@@ -110,8 +110,8 @@ async def test_heartbeat_reports_the_attempt_the_row_is_at(database_url: str, db
             await store.claim("default", me, kinds=["job"], limit=1, lease=60, now=now)
             second = await store.heartbeat(me, [task.id], lease=60, now=now)
         stored = await row(db, task.id)
-    assert first == {task.id: 1}
-    assert second == {task.id: 2}
+    assert first == {task.id: HeldLease(1)}
+    assert second == {task.id: HeldLease(2)}
     assert stored["attempts"] == 2
 
 
@@ -393,8 +393,8 @@ async def test_release_worker_hands_back_only_that_workers_running_tasks(
             again = await store.release_worker(me)
             after = {task_id: await row(db, task_id) for task_id in untouched}
             mine = [await row(db, task_id) for task_id in (mine1.id, mine2.id)]
-    assert sorted(released) == sorted([mine1.id, mine2.id])
-    assert again == []
+    assert released == {mine1.id: TaskStatus.PENDING, mine2.id: TaskStatus.PENDING}
+    assert again == {}
     for stored in mine:
         assert stored["status"] == "pending"
         assert stored["attempts"] == 0
@@ -411,5 +411,5 @@ async def test_release_worker_with_nothing_running_releases_nothing(
         async with open_postgres_store(DatabaseSettings(url=database_url)) as store:
             [task] = await store.enqueue([new_task()])
             before = await row(db, task.id)
-            assert await store.release_worker(uuid4()) == []
+            assert await store.release_worker(uuid4()) == {}
         assert await row(db, task.id) == before

@@ -20,9 +20,10 @@ import pytest
 import trio
 
 from iron_defer_trio.config import DatabaseSettings
+from iron_defer_trio.domain import TaskStatus
 from iron_defer_trio.errors import StoreUnavailable
 from iron_defer_trio.store import open_postgres_store
-from iron_defer_trio.store.protocol import Outcome, OutcomeKind
+from iron_defer_trio.store.protocol import NotificationKind, Outcome, OutcomeKind
 from tests.store._support import as_stored, db_now, new_task, seconds, wait_for_rows
 
 if TYPE_CHECKING:
@@ -41,9 +42,16 @@ async def received_until_marker(store: PostgresStore, listener: Listener) -> lis
     """Enqueue a task on the marker queue and return every queue name received before it."""
     await store.enqueue([new_task(MARKER)])
     seen = []
-    while (name := await listener.notifications.receive()) != MARKER:
+    while (name := await next_wake(listener)) != MARKER:
         seen.append(name)
     return seen
+
+
+async def next_wake(listener: Listener) -> str:
+    """The queue name of the next notification, which must be a wake-up."""
+    notification = await listener.notifications.receive()
+    assert notification.kind is NotificationKind.WAKE
+    return notification.value
 
 
 async def test_enqueue_notifies_the_listener_with_the_queue_name(database_url: str, db: Db) -> None:
@@ -54,7 +62,7 @@ async def test_enqueue_notifies_the_listener_with_the_queue_name(database_url: s
             store.listen() as listener,
         ):
             await store.enqueue([new_task("emails")])
-            assert await listener.notifications.receive() == "emails"
+            assert await next_wake(listener) == "emails"
 
 
 async def test_enqueue_on_another_store_notifies_the_listener(database_url: str, db: Db) -> None:
@@ -66,7 +74,7 @@ async def test_enqueue_on_another_store_notifies_the_listener(database_url: str,
             listening.listen() as listener,
         ):
             await producing.enqueue([new_task("reports")])
-            assert await listener.notifications.receive() == "reports"
+            assert await next_wake(listener) == "reports"
 
 
 async def test_a_batch_sends_one_notification_per_queue(database_url: str, db: Db) -> None:
@@ -111,7 +119,7 @@ async def test_notification_is_delivered_only_on_commit(database_url: str, db: D
             await db.execute("SELECT pg_notify('iron_defer', 'in_tx')")
             before_commit = await received_until_marker(store, listener)
             await db.execute("COMMIT")
-            after_commit = await listener.notifications.receive()
+            after_commit = await next_wake(listener)
             await db.execute("BEGIN")
             await db.execute("SELECT pg_notify('iron_defer', 'rolled_back')")
             await db.execute("ROLLBACK")
@@ -155,23 +163,23 @@ async def test_work_that_becomes_due_again_notifies_its_queue(database_url: str,
             assert await received_until_marker(store, listener) == []
 
             await store.finish(worker, [Outcome(task["retry"], 1, OutcomeKind.RETRY, error="e")])
-            assert await listener.notifications.receive() == "retry"
+            assert await next_wake(listener) == "retry"
 
             await store.finish(worker, [Outcome(task["released"], 1, OutcomeKind.RELEASED)])
-            assert await listener.notifications.receive() == "released"
+            assert await next_wake(listener) == "released"
 
-            assert await store.release_worker(worker) == [task["shutdown"]]
-            assert await listener.notifications.receive() == "shutdown"
+            assert await store.release_worker(worker) == {task["shutdown"]: TaskStatus.PENDING}
+            assert await next_wake(listener) == "shutdown"
 
             # Leased a minute ago for one second: expired by the database clock.
             await store.claim(
                 "sweep", worker, kinds=["job"], limit=1, lease=1, now=now - seconds(30)
             )
             assert len(await store.recover_expired(limit=10)) == 1
-            assert await listener.notifications.receive() == "sweep"
+            assert await next_wake(listener) == "sweep"
 
             assert await store.make_due(["future"]) == 1
-            assert await listener.notifications.receive() == "future"
+            assert await next_wake(listener) == "future"
 
 
 async def test_listener_ping_round_trips(database_url: str, db: Db) -> None:
@@ -206,7 +214,7 @@ async def test_channel_ends_when_the_listen_connection_is_killed(database_url: s
         async with open_postgres_store(DatabaseSettings(url=database_url)) as store:
             async with store.listen() as listener:
                 await store.enqueue([new_task("before")])
-                assert await listener.notifications.receive() == "before"
+                assert await next_wake(listener) == "before"
                 killed = await db.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                     " WHERE application_name = 'iron-defer-trio listen'"
@@ -236,4 +244,4 @@ async def test_a_new_listener_works_after_the_old_one_was_killed(database_url: s
                     pass
             async with store.listen() as fresh:
                 await store.enqueue([new_task("again")])
-                assert await fresh.notifications.receive() == "again"
+                assert await next_wake(fresh) == "again"

@@ -59,6 +59,7 @@ EXPECTED_CHECKS = {
     "tasks_idempotency_key_length",
     "tasks_attempt_timeout_range",
     "tasks_suspended_iff_suspended_at",
+    "tasks_cancel_request_status",
 }
 
 

@@ -384,23 +384,6 @@ async def test_cancel_of_a_finished_task_reports_it_unchanged(
     assert after == before
 
 
-async def test_cancel_of_a_running_task_reports_it_running(database_url: str, db: Db) -> None:
-    """A running task is left alone: cancelled is None, current is the running record."""
-    worker = uuid4()
-    with trio.fail_after(10):
-        async with open_postgres_store(DatabaseSettings(url=database_url)) as store:
-            [record] = await store.enqueue([new_task()])
-            await store.claim("default", worker, kinds=["job"], limit=1, lease=60)
-            result = await store.cancel(record.id)
-        stored = await row(db, record.id)
-    assert result.cancelled is None
-    assert result.current is not None
-    assert result.current.status is TaskStatus.RUNNING
-    assert result.current.claimed_by == worker
-    assert stored["status"] == "running"
-    assert stored["finished_at"] is None
-
-
 async def test_cancel_of_an_unknown_task_finds_nothing(database_url: str, db: Db) -> None:
     """An id with no row gives a CancelResult with neither field set."""
     with trio.fail_after(10):

@@ -54,8 +54,8 @@ def test_non_final_statuses_can_all_move_somewhere() -> None:
 
 
 def test_engine_transitions_are_exactly_the_documented_ones() -> None:
-    """Claim/cancel from pending; complete/retry/fail/suspend from running; signal, cancel
-    and suspend timeout from suspended; nothing else."""
+    """Claim/cancel from pending; complete/retry/fail/suspend/cancel from running; signal,
+    cancel and suspend timeout from suspended; nothing else."""
     allowed = {(old, new) for old in TaskStatus for new in TaskStatus if can_transition(old, new)}
     assert allowed == {
         (TaskStatus.PENDING, TaskStatus.RUNNING),
@@ -64,15 +64,16 @@ def test_engine_transitions_are_exactly_the_documented_ones() -> None:
         (TaskStatus.RUNNING, TaskStatus.PENDING),
         (TaskStatus.RUNNING, TaskStatus.FAILED),
         (TaskStatus.RUNNING, TaskStatus.SUSPENDED),
+        (TaskStatus.RUNNING, TaskStatus.CANCELLED),
         (TaskStatus.SUSPENDED, TaskStatus.PENDING),
         (TaskStatus.SUSPENDED, TaskStatus.CANCELLED),
         (TaskStatus.SUSPENDED, TaskStatus.FAILED),
     }
 
 
-def test_running_task_cannot_be_cancelled_and_pending_cannot_complete() -> None:
-    """Cancel applies only before a task runs; completion only to a running task."""
-    assert not can_transition(TaskStatus.RUNNING, TaskStatus.CANCELLED)
+def test_pending_task_cannot_complete_or_fail_without_running() -> None:
+    """Completion and failure only end an attempt; a cancelled task cannot come back."""
+    assert not can_transition(TaskStatus.CANCELLED, TaskStatus.PENDING)
     assert not can_transition(TaskStatus.PENDING, TaskStatus.COMPLETED)
     assert not can_transition(TaskStatus.PENDING, TaskStatus.FAILED)
 

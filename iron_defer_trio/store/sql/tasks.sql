@@ -105,29 +105,44 @@ WHERE ($1::text IS NULL OR queue = $1)
 ORDER BY id DESC
 LIMIT $5;
 
--- name: cancel_pending
--- Cancel a task that is pending or suspended (not running); no row otherwise. Audited when $2.
+-- name: cancel
+-- Cancel a task: a pending or suspended one is cancelled now; for a running one the request is
+-- recorded (the first time only) and its id announced on iron_defer_cancel at commit, so the
+-- engine running it cancels the handler. No row when the task is absent or already finished.
+-- Audited when $2 (cancel, or cancel_request for a running task's first request).
 -- params: $1 id, $2 audit bool
 WITH previous AS (
-    SELECT id, status
+    SELECT id, status, cancel_requested_at
     FROM iron_defer.tasks
-    WHERE id = $1 AND status IN ('pending', 'suspended')
+    WHERE id = $1 AND status IN ('pending', 'suspended', 'running')
     FOR UPDATE
 ),
-cancelled AS (
+changed AS (
     UPDATE iron_defer.tasks AS t
-    SET status = 'cancelled', finished_at = now(), updated_at = now(), suspended_at = NULL
+    SET status = CASE WHEN p.status = 'running' THEN 'running' ELSE 'cancelled' END,
+        finished_at = CASE WHEN p.status = 'running' THEN NULL ELSE now() END,
+        suspended_at = NULL,
+        cancel_requested_at = CASE
+            WHEN p.status = 'running' THEN coalesce(p.cancel_requested_at, now())
+        END,
+        updated_at = now()
     FROM previous AS p
     WHERE t.id = p.id
-    RETURNING t.*, p.status AS previous_status
+    RETURNING t.*, p.status AS previous_status,
+              p.status = 'running' AND p.cancel_requested_at IS NULL AS first_request
 ),
 audited AS (
     INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
-    SELECT id, 'cancel', previous_status, status, attempts, split_part(traceparent, '-', 2)
-    FROM cancelled
-    WHERE $2::boolean
+    SELECT id, CASE WHEN status = 'running' THEN 'cancel_request' ELSE 'cancel' END,
+           previous_status, status, attempts, split_part(traceparent, '-', 2)
+    FROM changed
+    WHERE $2::boolean AND (status = 'cancelled' OR first_request)
+),
+announced AS (
+    -- Every request is announced, a repeated one too: it covers a lost notification.
+    SELECT pg_notify('iron_defer_cancel', id::text) FROM changed WHERE status = 'running'
 )
-SELECT * FROM cancelled;
+SELECT *, (SELECT count(*) FROM announced) AS announced FROM changed;
 
 -- name: claim
 -- Lease up to $4 due pending tasks of one queue (kinds in $3) to worker $2 for $5 seconds.
@@ -233,7 +248,8 @@ SELECT id, queue, kind, attempts, last_error FROM failed;
 
 -- name: heartbeat
 -- Extend the leases of the listed tasks still running under this worker; report the
--- attempt each is at, so a stale local attempt can tell it lost its lease.
+-- attempt each is at, so a stale local attempt can tell it lost its lease, and whether its
+-- cancellation was requested (the backstop for a missed iron_defer_cancel notification).
 -- params: $1 worker id, $2 task ids uuid[], $3 lease seconds, $4 now (NULL: database clock)
 -- "claimed_by = $1" is the running check (CHECK tasks_lease_iff_running): spelling out
 -- status = 'running' would let a cached generic plan scan the partial running index for
@@ -241,13 +257,16 @@ SELECT id, queue, kind, attempts, last_error FROM failed;
 UPDATE iron_defer.tasks
 SET claimed_until = coalesce($4::timestamptz, now()) + make_interval(secs => $3::float8)
 WHERE id = ANY($2::uuid[]) AND claimed_by = $1
-RETURNING id, attempts;
+RETURNING id, attempts, cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: finish
 -- Apply attempt outcomes, each fenced on (running under this worker, same attempt); wake queues
 -- that got a task back that is due now.
 -- A suspended attempt (status 'suspended') is handed back like a release: it does not count.
--- Audited when $9 (event complete, retry, fail, release or suspend, with the error as metadata).
+-- A task whose cancellation was requested ends cancelled whatever the attempt's end, unless it
+-- completed: it is never retried, released or suspended.
+-- Audited when $9 (event complete, retry, fail, release, suspend or cancel, with the error as
+-- metadata).
 -- params: $1 worker id, $2 ids uuid[], $3 attempts int4[], $4 new statuses text[], $5 errors text[], $6 retry delays float8[], $7 released bool[], $8 now (NULL: database clock), $9 audit bool
 -- The fence locks each outcome's row through a lateral primary-key lookup, in id order (so two
 -- statements on the same rows cannot deadlock), and only then updates the locked rows by id.
@@ -262,10 +281,14 @@ WITH outcome AS (
     ORDER BY id
 ),
 fenced AS MATERIALIZED (
-    SELECT o.*
+    SELECT o.id, o.attempt,
+           CASE WHEN locked.cancel_requested AND o.status <> 'completed' THEN 'cancelled'
+                ELSE o.status END AS status,
+           o.error, o.delay,
+           o.released AND NOT locked.cancel_requested AS released
     FROM outcome AS o
     CROSS JOIN LATERAL (
-        SELECT 1
+        SELECT cur.cancel_requested_at IS NOT NULL AS cancel_requested
         FROM iron_defer.tasks AS cur
         WHERE cur.id = o.id AND cur.claimed_by = $1 AND cur.attempts = o.attempt
         FOR UPDATE
@@ -311,6 +334,7 @@ audited AS (
                 WHEN status = 'completed' THEN 'complete'
                 WHEN status = 'pending' THEN 'retry'
                 WHEN status = 'suspended' THEN 'suspend'
+                WHEN status = 'cancelled' THEN 'cancel'
                 ELSE 'fail' END,
            'running', status, updated_at,
            -- a release or suspension hands the attempt back: record the one that ran
@@ -333,15 +357,16 @@ FROM updated;
 
 -- name: release_worker
 -- Hand back every task still running under a worker: pending now, interrupted attempt not
--- counted. Audited when $2.
+-- counted; one whose cancellation was requested is cancelled instead. Audited when $2.
 -- params: $1 worker id, $2 audit bool
 WITH released AS (
     UPDATE iron_defer.tasks
-    SET status = 'pending',
-        attempts = attempts - 1,
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
+        attempts = CASE WHEN cancel_requested_at IS NULL THEN attempts - 1 ELSE attempts END,
         claimed_by = NULL,
         claimed_until = NULL,
-        scheduled_at = now(),
+        scheduled_at = CASE WHEN cancel_requested_at IS NULL THEN now() ELSE scheduled_at END,
+        finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
         updated_at = now()
     WHERE status = 'running' AND claimed_by = $1
     RETURNING id, queue, status, attempts, traceparent
@@ -349,19 +374,22 @@ WITH released AS (
 audited AS (
     INSERT INTO iron_defer.task_audit
         (task_id, event, from_status, to_status, attempt, worker_id, trace_id, metadata)
-    SELECT id, 'release', 'running', status, attempts + 1, $1, split_part(traceparent, '-', 2),
-           jsonb_build_object('reason', 'shutdown')
+    SELECT id, CASE WHEN status = 'pending' THEN 'release' ELSE 'cancel' END, 'running', status,
+           CASE WHEN status = 'pending' THEN attempts + 1 ELSE attempts END,
+           $1, split_part(traceparent, '-', 2), jsonb_build_object('reason', 'shutdown')
     FROM released
     WHERE $2::boolean
 ),
 woken AS (
-    SELECT pg_notify('iron_defer', q.queue) FROM (SELECT DISTINCT queue FROM released) AS q
+    SELECT pg_notify('iron_defer', q.queue)
+    FROM (SELECT DISTINCT queue FROM released WHERE status = 'pending') AS q
 )
-SELECT id, (SELECT count(*) FROM woken) AS woken_queues FROM released;
+SELECT id, status, (SELECT count(*) FROM woken) AS woken_queues FROM released;
 
 -- name: recover_expired
--- Move running tasks whose lease expired to pending (attempts left) or failed (none left).
--- Audited when $4, as done by worker $3 (the sweeper's engine).
+-- Move running tasks whose lease expired to pending (attempts left) or failed (none left), or
+-- to cancelled when their cancellation was requested. Audited when $4, as done by worker $3
+-- (the sweeper's engine).
 -- params: $1 now (NULL: database clock), $2 batch limit, $3 worker id, $4 audit bool
 WITH expired AS (
     SELECT id, claimed_by
@@ -373,18 +401,24 @@ WITH expired AS (
 ),
 recovered AS (
     UPDATE iron_defer.tasks AS t
-    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+    SET status = CASE
+            WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN t.attempts >= t.max_attempts THEN 'failed'
+            ELSE 'pending'
+        END,
         last_error = format(
             'lease expired during attempt %s of %s: worker %s stopped renewing it',
             t.attempts, t.max_attempts, e.claimed_by),
         scheduled_at = CASE
-            WHEN t.attempts >= t.max_attempts THEN t.scheduled_at
+            WHEN t.attempts >= t.max_attempts OR t.cancel_requested_at IS NOT NULL
+                THEN t.scheduled_at
             ELSE coalesce($1::timestamptz, now())
         END,
         claimed_by = NULL,
         claimed_until = NULL,
         finished_at = CASE
-            WHEN t.attempts >= t.max_attempts THEN coalesce($1::timestamptz, now())
+            WHEN t.attempts >= t.max_attempts OR t.cancel_requested_at IS NOT NULL
+                THEN coalesce($1::timestamptz, now())
         END,
         updated_at = coalesce($1::timestamptz, now())
     FROM expired AS e
@@ -395,7 +429,8 @@ recovered AS (
 audited AS (
     INSERT INTO iron_defer.task_audit
         (task_id, event, from_status, to_status, at, attempt, worker_id, trace_id, metadata)
-    SELECT id, 'recover', 'running', status, updated_at, attempts, $3::uuid,
+    SELECT id, CASE WHEN status = 'cancelled' THEN 'cancel' ELSE 'recover' END,
+           'running', status, updated_at, attempts, $3::uuid,
            split_part(traceparent, '-', 2),
            jsonb_build_object('error', last_error, 'previous_worker', previous_worker)
     FROM recovered

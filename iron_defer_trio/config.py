@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN
+from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN, REGION_PATTERN
 from iron_defer_trio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -191,6 +191,14 @@ class WorkerSettings(_Section):
     #: How long a task may stay suspended (``ctx.suspend()``) without a signal; the sweeper
     #: then fails it.
     suspend_timeout: Seconds = Field(default=86_400.0, gt=0)
+    #: This engine's region: it claims tasks pinned to this region and unpinned ones. Without
+    #: a region it claims only unpinned tasks.
+    region: str | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _region_label(cls, value: str | None) -> str | None:
+        return _region(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
@@ -239,7 +247,7 @@ class ServerSettings(_Section):
         return value
 
 
-def _split_modules(value: Any) -> Any:
+def _split_list(value: Any) -> Any:
     # From the environment or a flag, a list arrives as "pkg.tasks, other.tasks".
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -251,7 +259,7 @@ class TasksSettings(_Section):
 
     #: Python modules to import; every Task subclass they define (or list in a module-level
     #: ``IRON_DEFER_TASKS``) is registered.
-    modules: Annotated[list[str], BeforeValidator(_split_modules)] = Field(default_factory=list)
+    modules: Annotated[list[str], BeforeValidator(_split_list)] = Field(default_factory=list)
 
     @field_validator("modules")
     @classmethod
@@ -259,6 +267,31 @@ class TasksSettings(_Section):
         for name in value:
             if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
                 raise ValueError(f"{name!r} is not a Python module path (e.g. myapp.tasks)")
+        return value
+
+
+def _region(value: str | None) -> str | None:
+    if value is not None and not REGION_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid region {value!r}: use 1-63 lowercase letters, digits or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+class ProducerSettings(_Section):
+    """What producers (enqueue, REST, CLI submit) may submit."""
+
+    #: Regions a task may be pinned to; empty allows any valid label.
+    allowed_regions: Annotated[list[str], BeforeValidator(_split_list)] = Field(
+        default_factory=list
+    )
+
+    @field_validator("allowed_regions")
+    @classmethod
+    def _region_labels(cls, value: list[str]) -> list[str]:
+        for label in value:
+            _region(label)
         return value
 
 
@@ -316,6 +349,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     tasks: TasksSettings = Field(default_factory=TasksSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
     #: Queues this engine works on, with the most tasks each runs at once.
     queues: Annotated[
         dict[str, Annotated[Integer, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)

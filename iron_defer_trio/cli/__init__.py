@@ -16,7 +16,7 @@ from iron_defer_trio import __version__
 from iron_defer_trio.cli._common import CliState, ExitCode, describe, echo, echo_error
 from iron_defer_trio.cli._config import config_app
 from iron_defer_trio.cli._migrate import migrate
-from iron_defer_trio.cli._queues import queues
+from iron_defer_trio.cli._queues import queues_app
 from iron_defer_trio.cli._serve import serve_command
 from iron_defer_trio.cli._submit import submit
 from iron_defer_trio.cli._tasks import tasks_app
@@ -82,7 +82,7 @@ def version() -> None:
 
 app.command("submit")(submit)
 app.add_typer(tasks_app)
-app.command("queues")(queues)
+app.add_typer(queues_app)
 app.command("migrate")(migrate)
 app.add_typer(config_app)
 app.command("serve")(serve_command)

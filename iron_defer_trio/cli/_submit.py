@@ -104,6 +104,16 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            metavar="REGION",
+            help="Pin the task to a region: only engines with that worker.region run it "
+            "(default: the class's REGION, else any engine).",
+            show_default=False,
+        ),
+    ] = None,
     app_modules: Annotated[
         list[str] | None,
         typer.Option(
@@ -152,6 +162,7 @@ def submit(
                 max_attempts,
                 idempotency_key,
                 attempt_timeout,
+                region,
                 not raw,
             ),
         )
@@ -187,6 +198,7 @@ class _Request:
     max_attempts: int | None
     idempotency_key: str | None
     attempt_timeout: float | None
+    region: str | None
     validate: bool
 
 
@@ -201,6 +213,7 @@ async def _submit(settings: Settings, tasks: list[type[Task]], request: _Request
             max_attempts=request.max_attempts,
             idempotency_key=request.idempotency_key,
             attempt_timeout=request.attempt_timeout,
+            region=request.region,
             validate=request.validate,
         )
 

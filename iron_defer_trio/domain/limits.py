@@ -13,6 +13,9 @@ from iron_defer_trio.errors import InvalidTaskError
 
 #: Queue names appear in URLs, metric labels and NOTIFY payloads: keep them plain.
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+#: Region labels: 1-63 lowercase letters, digits and hyphens, starting with a letter or digit
+#: (they appear in metric labels, URLs and config; the schema enforces the same rule).
+REGION_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Kinds are dotted identifiers in practice; 255 bytes is generous and bounds index entries.
 MAX_KIND_LENGTH = 255
 #: priority is a SMALLINT column.
@@ -44,6 +47,19 @@ def validate_queue_name(queue: str) -> str:
             "starting with a letter or digit"
         )
     return queue
+
+
+def validate_region(region: str | None) -> str | None:
+    """Return ``region`` if it is None or a valid region label, else raise
+    :class:`InvalidTaskError`."""
+    if region is None:
+        return None
+    if not isinstance(region, str) or not REGION_PATTERN.fullmatch(region):
+        raise InvalidTaskError(
+            f"invalid region {region!r}: use 1-63 lowercase letters, digits or '-', "
+            "starting with a letter or digit"
+        )
+    return region
 
 
 def validate_kind(kind: str) -> str:

@@ -59,6 +59,9 @@ class Task(BaseModel):
     RETRY: ClassVar[RetryPolicy | None] = None
     #: Seconds an attempt may run before it fails as timed out (no limit when None).
     ATTEMPT_TIMEOUT: ClassVar[float | None] = None
+    #: Region the task is pinned to unless ``enqueue`` says otherwise (None: unpinned, any
+    #: engine runs it).
+    REGION: ClassVar[str | None] = None
 
     async def execute(self, ctx: TaskContext) -> None:
         """Do the work. Returning completes the task; raising fails this attempt.
@@ -205,6 +208,8 @@ class TaskRecord(BaseModel):
     #: When cancellation was requested while the task ran (None: never). It stays set once
     #: the task ended: cancelled, or completed when the handler returned first.
     cancel_requested_at: datetime | None = None
+    #: Only engines with this ``worker.region`` claim the task (None: any engine).
+    region: str | None = None
 
 
 class EnqueuedTask(TaskRecord):
@@ -260,6 +265,8 @@ class NewTask(BaseModel):
     idempotency_key: str | None = None
     #: Attempt timeout in seconds (None: no limit).
     attempt_timeout: float | None = None
+    #: Only engines with this ``worker.region`` claim the task (None: any engine).
+    region: str | None = None
 
 
 class QueueStatistics(BaseModel):
@@ -281,6 +288,11 @@ class QueueStatistics(BaseModel):
     active_workers: int
     #: Seconds the oldest due pending task has waited past its ``scheduled_at`` (None if none).
     oldest_pending_age: float | None
+    #: The region these counts are for, when grouped by region (None: unpinned tasks, or
+    #: not grouped).
+    region: str | None = None
+    #: When the queue was paused (None: it is not paused).
+    paused_at: datetime | None = None
 
 
 class PoolStatistics(BaseModel):

@@ -50,6 +50,7 @@ from iron_defer_trio.domain.limits import (
     validate_payload_json,
     validate_priority,
     validate_queue_name,
+    validate_region,
     validate_scheduled_at,
     validate_timeout,
 )
@@ -264,7 +265,8 @@ class Engine:
 
     async def wait_until_idle(self, *, include_scheduled: bool = False) -> None:
         """Wait until none of this engine's queues has a due task it could run, and nothing
-        runs here (or waits to have its outcome written).
+        runs here (or waits to have its outcome written). Tasks of paused queues and tasks
+        pinned to another region are not work this engine could run.
 
         Meant for tests and scripts ("enqueue, then wait for the work to be done"); put it
         under a ``trio.fail_after``. With ``include_scheduled=True``, future-scheduled tasks
@@ -284,7 +286,7 @@ class Engine:
                 await self._store.make_due(queues)
             before = self._activity()
             if before is not None:
-                due = await self._store.count_due(queues, kinds)
+                due = await self._store.count_due(queues, kinds, region=self.settings.worker.region)
                 # Idle only if nothing was claimed or written while we counted: a task that
                 # ran meanwhile may have enqueued more work after the count's snapshot.
                 if due == 0 and self._activity() == before:
@@ -445,6 +447,7 @@ class Engine:
         max_attempts: int | None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> NewTask:
         if not isinstance(task, Task):
             raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
@@ -470,7 +473,18 @@ class Engine:
             attempt_timeout=validate_timeout(
                 cls.ATTEMPT_TIMEOUT if attempt_timeout is None else attempt_timeout
             ),
+            region=self._allowed_region(cls.REGION if region is None else region),
         )
+
+    def _allowed_region(self, region: str | None) -> str | None:
+        """``region`` if it is a valid label the producer may pin tasks to."""
+        validate_region(region)
+        allowed = self.settings.producer.allowed_regions
+        if region is not None and allowed and region not in allowed:
+            raise InvalidTaskError(
+                f"region {region!r} is not allowed (producer.allowed_regions: {', '.join(allowed)})"
+            )
+        return region
 
     @overload
     async def enqueue(
@@ -484,6 +498,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask: ...
 
     @overload
@@ -497,6 +512,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask: ...
 
     async def enqueue(
@@ -510,6 +526,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask:
         """Store a task for execution and wake a worker of its queue.
 
@@ -528,6 +545,8 @@ class Engine:
             attempt_timeout: seconds an attempt may run before it fails as timed out (and
                 is retried like any failure); default the class's ``ATTEMPT_TIMEOUT``, else
                 no limit.
+            region: pin the task to a region: only engines whose ``worker.region`` is this
+                label run it; default the class's ``REGION``, else unpinned (any engine).
 
         Returns:
             The stored task; ``created`` is False when the key returned an existing task.
@@ -535,7 +554,8 @@ class Engine:
         Raises:
             UnknownTaskKind: the task's class is not registered with this engine.
             InvalidTaskError: a bad queue name, priority, max_attempts, scheduled_at,
-                idempotency key or an oversized payload. Nothing was written.
+                idempotency key, region (or one outside ``producer.allowed_regions``) or an
+                oversized payload. Nothing was written.
             IdempotencyConflict: the key belongs to a task with another kind or payload.
                 Nothing was written.
             StoreUnavailable: the database cannot be reached. Nothing was written.
@@ -549,6 +569,7 @@ class Engine:
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             attempt_timeout=attempt_timeout,
+            region=region,
         )
         (record,) = await self._store_new([new])
         self._enqueued(record)
@@ -566,6 +587,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> builtins.list[EnqueuedTask]: ...
 
     @overload
@@ -579,6 +601,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> builtins.list[EnqueuedTask]: ...
 
     async def enqueue_many(
@@ -592,6 +615,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> builtins.list[EnqueuedTask]:
         """Store many tasks in one statement (one round trip, one transaction: all or none).
 
@@ -608,6 +632,7 @@ class Engine:
             max_attempts=max_attempts,
             idempotency_keys=idempotency_keys,
             attempt_timeout=attempt_timeout,
+            region=region,
         )
         records = await self._store_new(prepared)
         self._enqueued(*records)
@@ -623,6 +648,7 @@ class Engine:
         max_attempts: int | None,
         idempotency_keys: Sequence[str | None] | None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> builtins.list[NewTask]:
         if isinstance(queue_or_tasks, str):
             queue: str | None = queue_or_tasks
@@ -647,6 +673,7 @@ class Engine:
                 max_attempts=max_attempts,
                 idempotency_key=key,
                 attempt_timeout=attempt_timeout,
+                region=region,
             )
             for item, key in zip(batch, keys, strict=True)
         ]
@@ -662,6 +689,7 @@ class Engine:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
         validate: bool = True,
     ) -> EnqueuedTask:
         """Enqueue by kind and JSON payload, for callers without the Task class at hand (the
@@ -688,6 +716,7 @@ class Engine:
                 max_attempts=max_attempts,
                 idempotency_key=idempotency_key,
                 attempt_timeout=attempt_timeout,
+                region=region,
             )
         if not isinstance(payload, dict):
             raise InvalidTaskError(
@@ -709,6 +738,7 @@ class Engine:
             scheduled_at=validate_scheduled_at(scheduled_at),
             idempotency_key=validate_idempotency_key(idempotency_key),
             attempt_timeout=validate_timeout(attempt_timeout),
+            region=self._allowed_region(region),
         )
         (record,) = await self._store_new([new])
         self._enqueued(record)
@@ -921,10 +951,63 @@ class Engine:
             raise TaskNotFound(task_id)
         raise InvalidTransition(task_id, current.status.value, action)
 
-    async def queue_stats(self) -> builtins.list[QueueStatistics]:
-        """Counts by status, active workers and the oldest due pending age, per queue."""
+    async def queue_stats(self, *, by_region: bool = False) -> builtins.list[QueueStatistics]:
+        """Counts by status, active workers, the oldest due pending age and the paused state,
+        per queue; with ``by_region``, per queue and region (``region`` None: unpinned
+        tasks). A paused queue is listed even when it holds no task."""
         self._check_open()
-        return await self._store.queue_statistics()
+        return await self._store.queue_statistics(by_region=by_region)
+
+    async def pause_queue(self, queue: str) -> QueueStatistics:
+        """Pause ``queue`` on every engine: none claims from it until :meth:`resume_queue`
+        (the state is in the database, so it holds across nodes and restarts). It still
+        accepts tasks; tasks already running finish. Pausing a paused queue changes nothing.
+
+        Returns:
+            The queue's statistics, ``paused_at`` set.
+
+        Raises:
+            InvalidTaskError: not a valid queue name.
+        """
+        validate_queue_name(queue)
+        self._check_open()
+        paused_at = await self._store.pause_queue(queue)
+        self._log.info("queue_paused", queue=queue, paused_at=paused_at.isoformat())
+        return await self._queue_state(queue)
+
+    async def resume_queue(self, queue: str) -> QueueStatistics:
+        """Let engines claim from ``queue`` again; its workers are woken at once. Resuming a
+        queue that is not paused changes nothing.
+
+        Returns:
+            The queue's statistics, ``paused_at`` None.
+
+        Raises:
+            InvalidTaskError: not a valid queue name.
+        """
+        validate_queue_name(queue)
+        self._check_open()
+        if await self._store.resume_queue(queue):
+            self._log.info("queue_resumed", queue=queue)
+        return await self._queue_state(queue)
+
+    async def _queue_state(self, queue: str) -> QueueStatistics:
+        for stats in await self._store.queue_statistics():
+            if stats.queue == queue:
+                return stats
+        # Not paused and no task yet: all zero.
+        return QueueStatistics(
+            queue=queue,
+            pending=0,
+            scheduled=0,
+            running=0,
+            suspended=0,
+            completed=0,
+            failed=0,
+            cancelled=0,
+            active_workers=0,
+            oldest_pending_age=None,
+        )
 
     async def list(
         self,

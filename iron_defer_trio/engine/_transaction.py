@@ -68,6 +68,7 @@ class Transaction:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask: ...
 
     @overload
@@ -81,6 +82,7 @@ class Transaction:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask: ...
 
     async def enqueue(
@@ -94,6 +96,7 @@ class Transaction:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> EnqueuedTask:
         """:meth:`Engine.enqueue` inside this transaction: one INSERT statement, visible to
         workers (and waking them) only at commit."""
@@ -107,6 +110,7 @@ class Transaction:
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             attempt_timeout=attempt_timeout,
+            region=region,
         )
         (record,) = await self._engine._store_new([new], transaction)
         self._records.append(record)
@@ -123,6 +127,7 @@ class Transaction:
         max_attempts: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         attempt_timeout: float | None = None,
+        region: str | None = None,
     ) -> builtins.list[EnqueuedTask]:
         """:meth:`Engine.enqueue_many` inside this transaction."""
         transaction = self._open()
@@ -134,6 +139,7 @@ class Transaction:
             max_attempts=max_attempts,
             idempotency_keys=idempotency_keys,
             attempt_timeout=attempt_timeout,
+            region=region,
         )
         records = await self._engine._store_new(prepared, transaction)
         self._records.extend(records)

@@ -253,6 +253,7 @@ class QueueWorker:
                     kinds=kinds,
                     limit=limit,
                     lease=self._settings.lease_duration,
+                    region=self._settings.region,
                 )
             except StoreError as exc:
                 self._claiming = False

@@ -52,6 +52,7 @@ CODES: dict[str, int] = {
     "MALFORMED_JSON": 400,
     "INVALID_QUERY": 400,
     "INVALID_TASK_ID": 400,
+    "INVALID_QUEUE_NAME": 400,
     "UNAUTHORIZED": 401,
     "NOT_FOUND": 404,
     "TASK_NOT_FOUND": 404,

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from quart import Response, current_app, request
 
 from iron_defer_trio.domain import TaskStatus
+from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN
 from iron_defer_trio.errors import StoreError
 from iron_defer_trio.http._errors import ApiError
 from iron_defer_trio.http._schemas import (
@@ -181,6 +182,7 @@ async def create_task() -> Response:
             max_attempts=create.max_attempts,
             idempotency_key=key,
             attempt_timeout=create.attempt_timeout,
+            region=create.region,
         )
     except ValidationError as exc:
         raise ApiError(
@@ -267,10 +269,39 @@ async def cancel_task(id: str) -> Response:
 # --- queues and operations ------------------------------------------------------------------
 
 
+class QueuesQuery(WireModel):
+    """Query string of GET /queues."""
+
+    by_region: bool = False
+
+
 async def list_queues() -> Response:
     """GET /queues."""
-    stats = await state().engine.queue_stats()
+    query = _query(QueuesQuery)
+    stats = await state().engine.queue_stats(by_region=query.by_region)
     return json_response(QueueList(queues=[QueueOut.from_statistics(s) for s in stats]))
+
+
+def _queue_name(raw: str) -> str:
+    if not QUEUE_NAME_PATTERN.fullmatch(raw):
+        raise ApiError(
+            "INVALID_QUEUE_NAME",
+            f"{raw[:64]!r} is not a queue name (1-128 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit)",
+        )
+    return raw
+
+
+async def pause_queue(name: str) -> Response:
+    """POST /queues/{name}/pause."""
+    stats = await state().engine.pause_queue(_queue_name(name))
+    return json_response(QueueOut.from_statistics(stats))
+
+
+async def resume_queue(name: str) -> Response:
+    """POST /queues/{name}/resume."""
+    stats = await state().engine.resume_queue(_queue_name(name))
+    return json_response(QueueOut.from_statistics(stats))
 
 
 async def health() -> Response:

@@ -77,6 +77,8 @@ class TaskOut(WireModel):
     #: When cancellation was requested while the task ran (null: never); a DELETE of a
     #: running task answers 202 with this set, and the task ends cancelled soon after.
     cancel_requested_at: datetime | None = None
+    #: Only engines with this worker.region run the task (null: any engine).
+    region: str | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskOut:
@@ -124,6 +126,9 @@ class CreateTask(WireModel):
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH, pattern=r"^[^\x00]*$"
     )
+    #: Pin the task to a region (1-63 of a-z, 0-9, '-'): only engines with that worker.region
+    #: run it. Default: the class's REGION, else unpinned.
+    region: str | None = None
 
 
 class AuditEntryOut(WireModel):
@@ -190,12 +195,20 @@ class QueueOut(WireModel):
     active_workers: int
     #: Seconds the oldest due pending task has been waiting; null when none waits.
     oldest_pending_age_seconds: float | None
+    #: With byRegion: the region these counts are for (null: unpinned tasks). Always null
+    #: otherwise.
+    region: str | None = None
+    #: True while no engine claims from the queue (POST /queues/{name}/pause).
+    paused: bool = False
+    #: When the queue was paused (null when it is not).
+    paused_at: datetime | None = None
 
     @classmethod
     def from_statistics(cls, stats: QueueStatistics) -> QueueOut:
         """Convert the domain's statistics."""
         data = stats.model_dump()
         data["oldest_pending_age_seconds"] = data.pop("oldest_pending_age")
+        data["paused"] = stats.paused_at is not None
         return cls.model_validate(data)
 
 

@@ -315,6 +315,7 @@ class PostgresStore:
                 task.idempotency_key,
                 audit,
                 task.attempt_timeout,
+                task.region,
             )
         return TASKS["enqueue"], (
             [uuid7() for _ in tasks],
@@ -328,6 +329,7 @@ class PostgresStore:
             [t.idempotency_key for t in tasks],
             audit,
             [t.attempt_timeout for t in tasks],
+            [t.region for t in tasks],
         )
 
     @asynccontextmanager
@@ -432,9 +434,18 @@ class PostgresStore:
         limit: int,
         lease: float,
         now: datetime | None = None,
+        region: str | None = None,
     ) -> list[TaskRecord]:
         rows = await self._fetch(
-            "claim", queue, worker_id, list(kinds), limit, lease, now, self._settings.audit_log
+            "claim",
+            queue,
+            worker_id,
+            list(kinds),
+            limit,
+            lease,
+            now,
+            self._settings.audit_log,
+            region,
         )
         records = [_record(row) for row in rows]
         # UPDATE ... RETURNING has no order; start the most urgent first.
@@ -499,8 +510,16 @@ class PostgresStore:
     async def ping(self) -> None:
         await self._fetch("ping")
 
-    async def queue_statistics(self) -> list[QueueStatistics]:
-        rows = await self._fetch("queue_statistics")
+    async def pause_queue(self, queue: str) -> datetime:
+        rows = await self._fetch("pause_queue", queue)
+        paused_at: datetime = rows[0]["paused_at"]
+        return paused_at
+
+    async def resume_queue(self, queue: str) -> bool:
+        return bool(await self._fetch("resume_queue", queue))
+
+    async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
+        rows = await self._fetch("queue_statistics", by_region)
         return [
             QueueStatistics(
                 queue=row["queue"],
@@ -513,12 +532,16 @@ class PostgresStore:
                 cancelled=row["cancelled"],
                 active_workers=row["active_workers"],
                 oldest_pending_age=row["oldest_pending_age"],
+                region=row["region"],
+                paused_at=row["paused_at"],
             )
             for row in rows
         ]
 
-    async def count_due(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
-        rows = await self._fetch("count_due", list(queues), list(kinds))
+    async def count_due(
+        self, queues: Sequence[str], kinds: Sequence[str], *, region: str | None = None
+    ) -> int:
+        rows = await self._fetch("count_due", list(queues), list(kinds), region)
         return int(rows[0][0])
 
     async def make_due(self, queues: Sequence[str]) -> int:

@@ -290,8 +290,11 @@ class TaskStore(Protocol):
         limit: int,
         lease: float,
         now: datetime | None = None,
+        region: str | None = None,
     ) -> list[TaskRecord]:
-        """Lease up to ``limit`` due pending tasks of ``queue`` whose kind is in ``kinds``.
+        """Lease up to ``limit`` due pending tasks of ``queue`` whose kind is in ``kinds``:
+        unpinned tasks, and those pinned to ``region`` when it is given. Nothing while the
+        queue is paused.
 
         Order: priority descending, then scheduled_at, then id. Concurrent claimers never get
         the same task (``FOR UPDATE SKIP LOCKED``). Each claimed task's attempts grows by one.
@@ -343,12 +346,25 @@ class TaskStore(Protocol):
         """One round trip through the pool (readiness probes)."""
         ...
 
-    async def queue_statistics(self) -> list[QueueStatistics]:
-        """Counts per queue."""
+    async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
+        """Counts per queue (per queue and region with ``by_region``), with paused queues
+        listed even when empty."""
         ...
 
-    async def count_due(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
-        """How many pending tasks of these queues and kinds are due now."""
+    async def pause_queue(self, queue: str) -> datetime:
+        """Stop every engine claiming from ``queue``; return since when it is paused (a
+        repeated pause keeps the first time)."""
+        ...
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Let engines claim from ``queue`` again and wake them; False if it was not paused."""
+        ...
+
+    async def count_due(
+        self, queues: Sequence[str], kinds: Sequence[str], *, region: str | None = None
+    ) -> int:
+        """How many pending tasks of these queues and kinds are due now and claimable by a
+        worker of ``region`` (paused queues and other regions' tasks do not count)."""
         ...
 
     async def make_due(self, queues: Sequence[str]) -> int:

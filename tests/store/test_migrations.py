@@ -42,6 +42,7 @@ EXPECTED_INDEXES = {
     ("task_audit", "task_audit_pkey"),
     ("task_audit", "task_audit_task_idx"),
     ("tasks", "tasks_suspended_idx"),
+    ("queue_pauses", "queue_pauses_pkey"),
 }
 
 EXPECTED_CHECKS = {
@@ -60,6 +61,7 @@ EXPECTED_CHECKS = {
     "tasks_attempt_timeout_range",
     "tasks_suspended_iff_suspended_at",
     "tasks_cancel_request_status",
+    "tasks_region_label",
 }
 
 
@@ -98,10 +100,18 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
                 " WHERE conrelid = 'iron_defer.tasks'::regclass AND contype = 'p'"
             )
     assert report == MigrationReport(applied=LATEST, unknown=())
-    assert [t["table_name"] for t in tables] == ["schema_migrations", "task_audit", "tasks"]
+    assert [t["table_name"] for t in tables] == [
+        "queue_pauses",
+        "schema_migrations",
+        "task_audit",
+        "tasks",
+    ]
     assert {(i["tablename"], i["indexname"]) for i in indexes} == EXPECTED_INDEXES
     definitions = {i["indexname"]: i["indexdef"] for i in indexes}
-    assert "(queue, priority DESC, scheduled_at, id)" in definitions["tasks_claim_idx"]
+    assert (
+        "(queue, COALESCE(region, ''::text), priority DESC, scheduled_at, id)"
+        in definitions["tasks_claim_idx"]
+    )
     assert "WHERE (status = 'pending'::text)" in definitions["tasks_claim_idx"]
     assert "(claimed_by)" in definitions["tasks_running_idx"]
     assert "WHERE (status = 'running'::text)" in definitions["tasks_running_idx"]

@@ -73,16 +73,29 @@ def _uuid_array(ids: list[uuid.UUID]) -> str:
     return "ARRAY[" + ",".join(f"'{task_id}'" for task_id in ids) + "]::uuid[]"
 
 
-async def test_claim_reads_tasks_only_through_indexes(db: Db) -> None:
-    """No sequential scan of the table, however many rows it holds."""
+@pytest.mark.parametrize("region", ["NULL", "'eu-west'"])
+async def test_claim_reads_tasks_only_through_indexes(db: Db, region: str) -> None:
+    """No sequential scan of the table, however many rows it holds, with or without a
+    worker region; the pending tasks are read in claim order, never sorted."""
     worker, _ = await _stale_running_table(db)
     plan = await _generic_plan(
-        db, "claim", f"'default', '{worker}', ARRAY['noop'], 500, 30, NULL, false"
+        db, "claim", f"'default', '{worker}', ARRAY['noop'], 500, 30, NULL, false, {region}"
     )
     nodes, indexes = _reads(plan)
     assert nodes, plan
     assert "Seq Scan" not in nodes, plan
     assert set(indexes) == {"tasks_claim_idx", "tasks_pkey"}, plan
+    assert not _sorts_of_index_scans(plan), plan
+
+
+def _sorts_of_index_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sort nodes that read the tasks table below them (a sort of every pending task)."""
+    found = []
+    if plan["Node Type"] == "Sort" and _reads(plan)[0]:
+        found.append(plan)
+    for child in plan.get("Plans", []):
+        found.extend(_sorts_of_index_scans(child))
+    return found
 
 
 @pytest.mark.parametrize("statement", ["heartbeat", "finish"])

@@ -22,8 +22,10 @@ _EXIT_ROW = re.compile(r"^\| `(\d+)` \|", re.MULTILINE)
 
 
 def _commands(command: Any, path: str) -> dict[str, Any]:
-    """Every command that can be run (the root's section holds the global options), by path."""
-    found = {path: command} if path == PROG or not hasattr(command, "commands") else {}
+    """Every command that can be run (the root's section holds the global options; a group
+    that runs without a subcommand, like ``queues``, is a command too), by path."""
+    runnable = not hasattr(command, "commands") or getattr(command, "invoke_without_command", False)
+    found = {path: command} if path == PROG or runnable else {}
     for name, sub in getattr(command, "commands", {}).items():
         found.update(_commands(sub, f"{path} {name}"))
     return found

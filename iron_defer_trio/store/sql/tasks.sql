@@ -1,9 +1,9 @@
 -- name: enqueue
 -- Insert tasks from parallel arrays in one statement, in input order. A task whose idempotency
 -- key its queue already holds is not inserted: the holder comes back with created = false,
--- or, when the holder is different work (kind or payload), the whole statement fails with
--- SQLSTATE IDK09. Wakes the queues of new due tasks on commit; audits new tasks when $10.
--- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[], $9 idempotency keys text[], $10 audit bool, $11 attempt timeouts float8[]
+-- or, when the holder is different work (kind, payload or region), the whole statement fails
+-- with SQLSTATE IDK09. Wakes the queues of new due tasks on commit; audits new tasks when $10.
+-- params: $1 ids uuid[], $2 queues text[], $3 kinds text[], $4 payloads (JSON text)[], $5 priorities int2[], $6 max_attempts int4[], $7 scheduled_at timestamptz[] (NULL: now), $8 traceparents text[], $9 idempotency keys text[], $10 audit bool, $11 attempt timeouts float8[], $12 regions text[]
 -- ON CONFLICT DO UPDATE (a no-op write of the key) rather than DO NOTHING: it returns the
 -- holder even when the holder committed after this statement's snapshot, so concurrent
 -- duplicates resolve in one statement without a retry. "match" pairs each written row with
@@ -13,17 +13,17 @@ WITH input AS (
            CASE WHEN i.idempotency_key IS NULL THEN i.id::text
                 ELSE i.queue || U&'\001F' || i.idempotency_key END AS match
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[], $9::text[], $11::float8[])
+                $7::timestamptz[], $8::text[], $9::text[], $11::float8[], $12::text[])
         WITH ORDINALITY
         AS i(id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-             idempotency_key, attempt_timeout, n)
+             idempotency_key, attempt_timeout, region, n)
 ),
 written AS (
     INSERT INTO iron_defer.tasks
         (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-         idempotency_key, attempt_timeout)
+         idempotency_key, attempt_timeout, region)
     SELECT id, queue, kind, document, priority, max_attempts, coalesce(scheduled_at, now()),
-           traceparent, idempotency_key, attempt_timeout
+           traceparent, idempotency_key, attempt_timeout, region
     FROM input
     -- Keys are taken in one global order, so batches racing on the same keys wait for each
     -- other instead of deadlocking.
@@ -34,7 +34,8 @@ written AS (
 ),
 result AS MATERIALIZED (
     SELECT w.*, w.id = i.id AS created, i.n,
-           CASE WHEN w.id <> i.id AND (w.kind <> i.kind OR w.payload <> i.document)
+           CASE WHEN w.id <> i.id AND (w.kind <> i.kind OR w.payload <> i.document
+                                       OR w.region IS DISTINCT FROM i.region)
                THEN iron_defer.idempotency_conflict(w.id, w.queue, w.idempotency_key)
            END AS conflict
     FROM written AS w
@@ -58,20 +59,21 @@ ORDER BY result.n;
 
 -- name: enqueue_one
 -- The enqueue statement for one task (the common case, cheaper than the array form).
--- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool, $11 attempt timeout seconds
+-- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool, $11 attempt timeout seconds, $12 region
 WITH written AS (
     INSERT INTO iron_defer.tasks
         (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
-         idempotency_key, attempt_timeout)
+         idempotency_key, attempt_timeout, region)
     VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, coalesce($7::timestamptz, now()), $8, $9,
-            $11::float8)
+            $11::float8, $12::text)
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL
         DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
     RETURNING *
 ),
 result AS MATERIALIZED (
     SELECT w.*, w.id = $1 AS created,
-           CASE WHEN w.id <> $1 AND (w.kind <> $3 OR w.payload <> $4::text::jsonb)
+           CASE WHEN w.id <> $1 AND (w.kind <> $3 OR w.payload <> $4::text::jsonb
+                                     OR w.region IS DISTINCT FROM $12::text)
                THEN iron_defer.idempotency_conflict(w.id, w.queue, w.idempotency_key)
            END AS conflict
     FROM written AS w
@@ -145,12 +147,45 @@ announced AS (
 SELECT *, (SELECT count(*) FROM announced) AS announced FROM changed;
 
 -- name: claim
--- Lease up to $4 due pending tasks of one queue (kinds in $3) to worker $2 for $5 seconds.
--- Audited when $7.
--- params: $1 queue, $2 worker id, $3 kinds text[], $4 limit, $5 lease seconds, $6 now (NULL: database clock), $7 audit bool
+-- Lease up to $4 due pending tasks of one queue (kinds in $3) to worker $2 for $5 seconds:
+-- unpinned tasks, and those pinned to region $8 when the worker has one. None while the queue
+-- is paused. Audited when $7.
+-- params: $1 queue, $2 worker id, $3 kinds text[], $4 limit, $5 lease seconds, $6 now (NULL: database clock), $7 audit bool, $8 worker region (NULL: none)
+-- Unpinned and pinned tasks are two scans of the claim index, each an equality prefix read in
+-- claim order (an OR of the two would make the planner sort every pending task of the queue);
+-- the best $4 of both are claimed, and the rest of the locked rows are free again at commit.
 -- The picked ids go through an array so the update is primary-key lookups whatever the
 -- planner thinks of the table's size (a join here was planned as a scan of the whole table).
-WITH claimed AS (
+WITH open_queue AS (
+    SELECT NOT EXISTS (SELECT 1 FROM iron_defer.queue_pauses WHERE queue = $1) AS open
+),
+unpinned AS (
+    SELECT id, priority, scheduled_at
+    FROM iron_defer.tasks
+    WHERE queue = $1
+      AND coalesce(region, '') = ''
+      AND status = 'pending'
+      AND scheduled_at <= coalesce($6::timestamptz, now())
+      AND kind = ANY($3::text[])
+      AND (SELECT open FROM open_queue)
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+),
+pinned AS (
+    SELECT id, priority, scheduled_at
+    FROM iron_defer.tasks
+    WHERE queue = $1
+      AND coalesce(region, '') = $8::text
+      AND status = 'pending'
+      AND scheduled_at <= coalesce($6::timestamptz, now())
+      AND kind = ANY($3::text[])
+      AND (SELECT open FROM open_queue)
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
     UPDATE iron_defer.tasks AS t
     SET status = 'running',
         attempts = t.attempts + 1,
@@ -160,14 +195,9 @@ WITH claimed AS (
         updated_at = coalesce($6::timestamptz, now())
     WHERE t.id = ANY(ARRAY(
         SELECT id
-        FROM iron_defer.tasks
-        WHERE queue = $1
-          AND status = 'pending'
-          AND scheduled_at <= coalesce($6::timestamptz, now())
-          AND kind = ANY($3::text[])
+        FROM (SELECT * FROM unpinned UNION ALL SELECT * FROM pinned) AS candidate
         ORDER BY priority DESC, scheduled_at, id
         LIMIT $4
-        FOR UPDATE SKIP LOCKED
     ))
     RETURNING t.*
 ),
@@ -445,23 +475,42 @@ SELECT id, queue, kind, status, attempts, max_attempts, previous_worker,
 FROM recovered;
 
 -- name: queue_statistics
--- Counts by status per queue, active workers, and the age of the oldest due pending task.
--- params: none
-SELECT queue,
-       count(*) FILTER (WHERE status = 'pending') AS pending,
-       count(*) FILTER (WHERE status = 'pending' AND scheduled_at > now()) AS scheduled,
-       count(*) FILTER (WHERE status = 'running') AS running,
-       count(*) FILTER (WHERE status = 'suspended') AS suspended,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-       count(DISTINCT claimed_by) FILTER (WHERE status = 'running') AS active_workers,
-       extract(epoch FROM now() - min(scheduled_at)
-               FILTER (WHERE status = 'pending' AND scheduled_at <= now()))::float8
-           AS oldest_pending_age
-FROM iron_defer.tasks
-GROUP BY queue
-ORDER BY queue;
+-- Counts by status per queue (and per region when $1), active workers, the age of the oldest
+-- due pending task, and when the queue was paused. A paused queue is listed even when it
+-- holds no task.
+-- params: $1 by region bool
+WITH counts AS (
+    SELECT queue,
+           CASE WHEN $1::boolean THEN region END AS region,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'pending' AND scheduled_at > now()) AS scheduled,
+           count(*) FILTER (WHERE status = 'running') AS running,
+           count(*) FILTER (WHERE status = 'suspended') AS suspended,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           count(DISTINCT claimed_by) FILTER (WHERE status = 'running') AS active_workers,
+           extract(epoch FROM now() - min(scheduled_at)
+                   FILTER (WHERE status = 'pending' AND scheduled_at <= now()))::float8
+               AS oldest_pending_age
+    FROM iron_defer.tasks
+    GROUP BY 1, 2
+)
+SELECT coalesce(c.queue, p.queue) AS queue,
+       c.region,
+       coalesce(c.pending, 0) AS pending,
+       coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.running, 0) AS running,
+       coalesce(c.suspended, 0) AS suspended,
+       coalesce(c.completed, 0) AS completed,
+       coalesce(c.failed, 0) AS failed,
+       coalesce(c.cancelled, 0) AS cancelled,
+       coalesce(c.active_workers, 0) AS active_workers,
+       c.oldest_pending_age,
+       p.paused_at
+FROM counts AS c
+FULL JOIN iron_defer.queue_pauses AS p ON p.queue = c.queue
+ORDER BY 1, 2 NULLS FIRST;
 
 -- name: active_counts
 -- Pending and running tasks per queue (the gauges); only the rows of the two partial indexes.
@@ -472,14 +521,17 @@ WHERE status IN ('pending', 'running')
 GROUP BY queue, status;
 
 -- name: count_due
--- Pending tasks of these queues and kinds that are due now.
--- params: $1 queues text[], $2 kinds text[]
+-- Pending tasks of these queues and kinds that are due now and that a worker of region $3 may
+-- claim (unpinned, or pinned to $3), in queues that are not paused.
+-- params: $1 queues text[], $2 kinds text[], $3 worker region (NULL: none)
 SELECT count(*)
 FROM iron_defer.tasks
 WHERE queue = ANY($1::text[])
   AND kind = ANY($2::text[])
   AND status = 'pending'
-  AND scheduled_at <= now();
+  AND scheduled_at <= now()
+  AND coalesce(region, '') IN ('', coalesce($3::text, ''))
+  AND queue NOT IN (SELECT queue FROM iron_defer.queue_pauses);
 
 -- name: make_due
 -- Make every future-scheduled pending task of these queues due now, and wake the queues.

@@ -42,6 +42,7 @@ EXPECTED_INDEXES = {
     ("task_audit", "task_audit_pkey"),
     ("task_audit", "task_audit_task_idx"),
     ("tasks", "tasks_suspended_idx"),
+    ("periodic_schedules", "periodic_schedules_pkey"),
 }
 
 EXPECTED_CHECKS = {
@@ -76,7 +77,7 @@ def empty_url() -> Iterator[str]:
 
 async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_url: str) -> None:
     """On an empty database, migrate applies every migration and leaves schema iron_defer
-    with its three tables, the expected indexes (claim index partial on pending) and every
+    with its four tables, the expected indexes (claim index partial on pending) and every
     CHECK constraint."""
     with trio.fail_after(15):
         report = await iron_defer.migrate(empty_url)
@@ -98,7 +99,12 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
                 " WHERE conrelid = 'iron_defer.tasks'::regclass AND contype = 'p'"
             )
     assert report == MigrationReport(applied=LATEST, unknown=())
-    assert [t["table_name"] for t in tables] == ["schema_migrations", "task_audit", "tasks"]
+    assert [t["table_name"] for t in tables] == [
+        "periodic_schedules",
+        "schema_migrations",
+        "task_audit",
+        "tasks",
+    ]
     assert {(i["tablename"], i["indexname"]) for i in indexes} == EXPECTED_INDEXES
     definitions = {i["indexname"]: i["indexdef"] for i in indexes}
     assert "(queue, priority DESC, scheduled_at, id)" in definitions["tasks_claim_idx"]

@@ -75,8 +75,8 @@ class Periodic:
             validate_schedule_name(self.name)
 
 
-class ScheduleDefinition(BaseModel):
-    """A resolved schedule, as an engine registers it in the database."""
+class _ScheduleFields(BaseModel):
+    """What defines a schedule, in the definition and in the stored row alike."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -86,6 +86,11 @@ class ScheduleDefinition(BaseModel):
     queue: str
     kind: str
     missed: MissedPolicy
+
+
+class ScheduleDefinition(_ScheduleFields):
+    """A resolved schedule, as an engine registers it in the database."""
+
     #: The task's fields as JSON text (encoded once, size-checked).
     payload_json: str
     priority: int
@@ -93,17 +98,9 @@ class ScheduleDefinition(BaseModel):
     attempt_timeout: float | None = None
 
 
-class PeriodicSchedule(BaseModel):
+class PeriodicSchedule(_ScheduleFields):
     """A schedule as stored in the database, at the moment it was read."""
 
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    cron: str
-    timezone: str
-    queue: str
-    kind: str
-    missed: MissedPolicy
     #: The latest fire time handled (a task enqueued, or a missed run skipped); None before.
     last_fire_at: datetime | None
     #: The next fire time, as computed by the engine that last registered or fired it.

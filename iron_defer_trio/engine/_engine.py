@@ -8,6 +8,7 @@
         heartbeat    renews the leases of tasks this engine runs
         listener     LISTEN/NOTIFY -> wakes queue workers
         sweeper      recovers expired leases (any engine's)
+        periodic     enqueues the cron schedules' tasks, one per fire time across engines
         workers nursery
           queue "default": claim loop + nursery of running tasks (CapacityLimiter)
           queue "emails":  ...

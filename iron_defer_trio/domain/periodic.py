@@ -7,7 +7,7 @@ evaluated by ``cronsim`` in the schedule's IANA time zone (``zoneinfo``), so "0 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -58,6 +58,7 @@ class Periodic:
 
     cron: str
     task: Task | None = None
+    _: KW_ONLY
     queue: str | None = None
     name: str | None = None
     timezone: str = "UTC"

@@ -125,15 +125,11 @@ class PeriodicScheduler:
         now = now or self._clock()
         if not self._registered:
             await self.register(now=now)
-        rows = {
-            row.name: row for row in await self._store.periodic_schedules(list(self._schedules))
-        }
+        rows = await self._rows()
         if len(rows) < len(self._schedules):
-            # Deleted by hand while we ran: register again (the fence starts afresh).
+            # Deleted by hand while we ran: register again (its history starts afresh).
             await self.register(now=now)
-            rows = {
-                row.name: row for row in await self._store.periodic_schedules(list(self._schedules))
-            }
+            rows = await self._rows()
         enqueued: list[FiredTask] = []
         skipped: list[tuple[str, datetime]] = []
         for name, schedule in self._schedules.items():

@@ -240,28 +240,7 @@ def resolve_schedules(
     for cls in registry:
         for periodic in cls.PERIODIC:
             pairs.append((periodic, periodic.task or _instantiate(cls)))
-    for index, item in enumerate(configured):
-        where = f"periodic.schedules[{index}]"
-        try:
-            cls = registry.get(item.kind)
-            task = cls.model_validate(item.payload)
-        except UnknownTaskKind:
-            raise ConfigError(
-                f"{where}: no task class is registered for kind {item.kind!r} (registered: "
-                f"{', '.join(registry.kinds) or 'none'})"
-            ) from None
-        except ValidationError as exc:
-            raise ConfigError(f"{where}: the payload does not fit {item.kind!r}: {exc}") from None
-        periodic = Periodic(
-            item.cron,
-            task,
-            queue=item.queue,
-            name=item.name,
-            timezone=item.timezone,
-            missed=item.missed,
-            priority=item.priority,
-        )
-        pairs.append((periodic, task))
+    pairs.extend(configured_tasks(configured, registry))
     definitions: dict[str, ScheduleDefinition] = {}
     for periodic, task in pairs:
         try:
@@ -293,6 +272,41 @@ def resolve_schedules(
             attempt_timeout=new.attempt_timeout,
         )
     return list(definitions.values())
+
+
+def configured_tasks(
+    configured: Sequence[PeriodicScheduleSettings], registry: TaskRegistry
+) -> list[tuple[Periodic, Task]]:
+    """The schedules of the settings with their tasks, built by the registered classes
+    (``config validate`` checks them this way too).
+
+    Raises:
+        ConfigError: a kind that is not registered, or a payload its class refuses.
+    """
+    pairs: list[tuple[Periodic, Task]] = []
+    for index, item in enumerate(configured):
+        where = f"periodic.schedules[{index}]"
+        try:
+            cls = registry.get(item.kind)
+            task = cls.model_validate(item.payload)
+        except UnknownTaskKind:
+            raise ConfigError(
+                f"{where}: no task class is registered for kind {item.kind!r} (registered: "
+                f"{', '.join(registry.kinds) or 'none'})"
+            ) from None
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: the payload does not fit {item.kind!r}: {exc}") from None
+        periodic = Periodic(
+            item.cron,
+            task,
+            queue=item.queue,
+            name=item.name,
+            timezone=item.timezone,
+            missed=item.missed,
+            priority=item.priority,
+        )
+        pairs.append((periodic, task))
+    return pairs
 
 
 def _kind_of(task: Task) -> str:

@@ -31,6 +31,8 @@ from iron_defer_trio.domain import Task as Task
 from iron_defer_trio.domain import TaskContext as TaskContext
 from iron_defer_trio.domain import TaskRecord as TaskRecord
 from iron_defer_trio.domain import TaskStatus as TaskStatus
+from iron_defer_trio.domain.periodic import Periodic as Periodic
+from iron_defer_trio.domain.periodic import PeriodicSchedule as PeriodicSchedule
 from iron_defer_trio.engine import Engine as Engine
 from iron_defer_trio.engine import EngineState as EngineState
 from iron_defer_trio.engine import EngineStatistics as EngineStatistics
@@ -66,6 +68,8 @@ __all__ = [
     "InvalidTransition",
     "IronDeferError",
     "MigrationError",
+    "Periodic",
+    "PeriodicSchedule",
     "QueueStatistics",
     "QueueWorkerStatistics",
     "RetryAfter",

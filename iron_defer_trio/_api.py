@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from iron_defer_trio.domain import Task
+    from iron_defer_trio.domain.periodic import Periodic
     from iron_defer_trio.store.protocol import TaskStore
 
 
@@ -48,6 +49,7 @@ async def open_engine(
     rng: random.Random | None = None,
     meter_provider: MeterProvider | None = None,
     tracer_provider: TracerProvider | None = None,
+    periodic: Iterable[Periodic] = (),
 ) -> AsyncIterator[Engine]:
     """Open an engine for the lifetime of the ``async with`` block.
 
@@ -65,6 +67,10 @@ async def open_engine(
         meter_provider: where metrics go; default the global OpenTelemetry meter provider
             (a no-op until the application sets one). Never installed globally.
         tracer_provider: where spans go; default the global tracer provider.
+        periodic: recurring tasks (:class:`Periodic`) this engine fires, besides the
+            ``PERIODIC`` of the registered classes and ``settings.periodic.schedules``. Only
+            engines that run workers fire them; exactly one task is enqueued per fire time
+            however many engines run the same schedules.
 
     Yields:
         The running :class:`Engine`. Workers claim tasks while the block runs.
@@ -75,7 +81,8 @@ async def open_engine(
     still runs (shielded, bounded), then the cancellation continues.
 
     Raises:
-        ConfigError: invalid settings or task classes (before anything starts).
+        ConfigError: invalid settings, task classes or periodic schedules (before anything
+            starts).
         StoreUnavailable: the database cannot be reached at startup.
         MigrationError: the schema could not be migrated.
         EngineCrashed: an internal service failed (a bug); the cause is chained.
@@ -97,6 +104,7 @@ async def open_engine(
                 rng=rng,
                 metrics=metrics_for(meter_provider),
                 tracer=get_tracer(tracer_provider),
+                periodic=periodic,
             ) as engine,
         ):
             try:

@@ -12,6 +12,7 @@ key's full path and the layer it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -25,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     SecretStr,
     ValidationError,
     field_validator,
@@ -32,6 +34,7 @@ from pydantic import (
 )
 
 from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN, REGION_PATTERN
+from iron_defer_trio.domain.periodic import MissedPolicy, validate_cron, zone
 from iron_defer_trio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ __all__ = [
     "DatabaseSettings",
     "LoadedSettings",
     "ObservabilitySettings",
+    "PeriodicScheduleSettings",
+    "PeriodicSettings",
     "Seconds",
     "ServerSettings",
     "Settings",
@@ -350,6 +355,7 @@ class Settings(_Section):
     tasks: TasksSettings = Field(default_factory=TasksSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    periodic: PeriodicSettings = Field(default_factory=lambda: PeriodicSettings())
     #: Queues this engine works on, with the most tasks each runs at once.
     queues: Annotated[
         dict[str, Annotated[Integer, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)
@@ -433,7 +439,7 @@ CONFIG_ENV = "IRON_DEFER_CONFIG"
 _ALIASES = {"DATABASE_URL": ("database", "url"), "PORT": ("server", "port")}
 #: Settings whose value is replaced whole by a higher layer rather than merged key by key: a
 #: queue list given on the command line is the complete list, not an addition to the default.
-_ATOMIC = {("queues",), ("tasks", "modules")}
+_ATOMIC = {("queues",), ("tasks", "modules"), ("periodic", "schedules")}
 
 
 @dataclass
@@ -616,3 +622,66 @@ def _describe(exc: ValidationError, layers: tuple[Layer, ...]) -> list[str]:
         dotted = ".".join(path) or "(settings)"
         lines.append(f"{dotted}: {message}" + (f" (from {origin})" if origin else ""))
     return lines
+
+
+# --- periodic schedules ---------------------------------------------------------------------
+
+
+def _parse_schedules(value: Any) -> Any:
+    # From the environment: a JSON array of schedule objects.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON array of schedules: {exc}") from None
+    return value
+
+
+class PeriodicScheduleSettings(_Section):
+    """One schedule declared in the settings (``[[periodic.schedules]]`` in config.toml)."""
+
+    #: Identity of the schedule in the database (default: the kind).
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    #: 5 fields, or 6 with a leading seconds field.
+    cron: str
+    #: A registered Task kind.
+    kind: str = Field(min_length=1)
+    #: The task's fields.
+    payload: dict[str, JsonValue] = Field(default_factory=dict)
+    queue: str | None = None
+    timezone: str = "UTC"
+    missed: MissedPolicy = "run_once"
+    priority: Integer | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            return validate_cron(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zone(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class PeriodicSettings(_Section):
+    """Periodic (cron) schedules run by engines that run workers."""
+
+    #: Schedules to run, besides those given in code.
+    schedules: Annotated[list[PeriodicScheduleSettings], BeforeValidator(_parse_schedules)] = Field(
+        default_factory=list
+    )
+    #: A fire time older than this when an engine gets to it counts as missed (downtime).
+    misfire_grace: Seconds = Field(default=60.0, ge=1)
+
+
+# Settings names PeriodicSettings before it is defined (the periodic section sits at the end of
+# this module); resolve the forward reference now.
+Settings.model_rebuild()

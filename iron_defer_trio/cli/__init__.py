@@ -16,6 +16,7 @@ from iron_defer_trio import __version__
 from iron_defer_trio.cli._common import CliState, ExitCode, describe, echo, echo_error
 from iron_defer_trio.cli._config import config_app
 from iron_defer_trio.cli._migrate import migrate
+from iron_defer_trio.cli._periodic import periodic_app
 from iron_defer_trio.cli._queues import queues_app
 from iron_defer_trio.cli._serve import serve_command
 from iron_defer_trio.cli._submit import submit
@@ -86,6 +87,7 @@ app.add_typer(queues_app)
 app.command("migrate")(migrate)
 app.add_typer(config_app)
 app.command("serve")(serve_command)
+app.add_typer(periodic_app)
 
 
 def run_cli(args: Sequence[str] | None = None) -> int:

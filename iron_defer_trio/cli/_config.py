@@ -1,5 +1,6 @@
 """``iron-defer-trio config validate|show``: check and explain the effective settings."""
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from iron_defer_trio.cli._common import (
     table,
 )
 from iron_defer_trio.config import LoadedSettings, Settings, mask_dsn, parse_duration
-from iron_defer_trio.engine import TaskRegistry
+from iron_defer_trio.engine import TaskRegistry, configured_tasks
 from iron_defer_trio.errors import ConfigError
 
 config_app = typer.Typer(
@@ -34,7 +35,8 @@ MASK = "***"
 
 @config_app.command("validate")
 def validate(ctx: typer.Context) -> None:
-    """Check every layer of the configuration, and that tasks.modules import.
+    """Check every layer of the configuration, that tasks.modules import, and that the
+    periodic schedules name their kinds and payloads.
 
     Exits 0 printing "configuration is valid", or 1 listing every problem with its key
     path and the layer it came from.
@@ -42,7 +44,8 @@ def validate(ctx: typer.Context) -> None:
     try:
         settings = CliState.of(ctx).load().settings
         if settings.tasks.modules:
-            TaskRegistry(load_task_classes(settings.tasks.modules))
+            registry = TaskRegistry(load_task_classes(settings.tasks.modules))
+            configured_tasks(settings.periodic.schedules, registry)
     except ConfigError as exc:
         # Here an invalid configuration is the answer, not a usage error.
         raise CliError(str(exc), ExitCode.FAILURE) from None
@@ -102,7 +105,12 @@ class _Leaf:
         if isinstance(value, dict):
             return ", ".join(f"{key}={item}" for key, item in value.items()) or "(none)"
         if isinstance(value, list):
-            return ", ".join(str(item) for item in value) or "(none)"
+            return (
+                ", ".join(
+                    json.dumps(item) if isinstance(item, dict) else str(item) for item in value
+                )
+                or "(none)"
+            )
         return str(value)
 
 
@@ -134,6 +142,12 @@ def _leaf(loaded: LoadedSettings, path: tuple[str, ...], value: Any, field: Fiel
         # The DSN keeps everything but its password (host and database are what one checks);
         # any other secret is masked whole.
         value = mask_dsn(value.get_secret_value()) if path == DSN_KEY else MASK
+    if isinstance(value, list):
+        # periodic.schedules: tables, shown as the JSON objects the environment takes.
+        value = [
+            item.model_dump(mode="json", exclude_none=True) if isinstance(item, BaseModel) else item
+            for item in value
+        ]
     duration = any(
         isinstance(item, BeforeValidator) and item.func is parse_duration for item in field.metadata
     )

@@ -4,6 +4,7 @@ receives, and the records the store returns."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, TypeVar
@@ -12,6 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from iron_defer_trio.domain.limits import validate_checkpoint_json
+from iron_defer_trio.domain.periodic import Periodic
 from iron_defer_trio.domain.retry import RetryPolicy
 from iron_defer_trio.domain.status import TaskStatus
 from iron_defer_trio.errors import InvalidTaskError
@@ -72,6 +74,11 @@ class Task(BaseModel):
         shutdown past its deadline, or a lost lease); the task is then handed back, not failed.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement execute()")
+
+    #: Schedules that enqueue this class with no arguments (every field needs a default), e.g.
+    #: ``PERIODIC = (Periodic("0 3 * * *", timezone="Europe/Paris"),)``; leave their ``task``
+    #: out. Engines that register the class run them (see docs/guides/periodic-tasks.md).
+    PERIODIC: ClassVar[Sequence[Periodic]] = ()
 
 
 class TaskLogger(Protocol):

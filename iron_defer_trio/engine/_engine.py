@@ -8,6 +8,7 @@
         heartbeat    renews the leases of tasks this engine runs
         listener     LISTEN/NOTIFY -> wakes queue workers
         sweeper      recovers expired leases (any engine's)
+        periodic     enqueues the cron schedules' tasks, one per fire time across engines
         workers nursery
           queue "default": claim loop + nursery of running tasks (CapacityLimiter)
           queue "emails":  ...
@@ -60,6 +61,7 @@ from iron_defer_trio.engine._health import DatabaseHealth
 from iron_defer_trio.engine._heartbeat import Heartbeat
 from iron_defer_trio.engine._inflight import InFlight
 from iron_defer_trio.engine._listener import NotificationListener
+from iron_defer_trio.engine._periodic import PeriodicScheduler, resolve_schedules
 from iron_defer_trio.engine._sweeper import Sweeper
 from iron_defer_trio.engine._transaction import Transaction
 from iron_defer_trio.engine._worker import QueueWorker, QueueWorkerStatistics
@@ -77,13 +79,14 @@ from iron_defer_trio.observability.metrics import Metrics, metrics_for
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
     from datetime import datetime
 
     from opentelemetry.trace import Tracer
     from pydantic import JsonValue
 
     from iron_defer_trio.config import Settings
+    from iron_defer_trio.domain.periodic import Periodic, PeriodicSchedule
     from iron_defer_trio.engine._registry import TaskRegistry
     from iron_defer_trio.store.protocol import (
         FinishResult,
@@ -222,6 +225,7 @@ class Engine:
             )
             for name, concurrency in queues.items()
         }
+        self._periodic: PeriodicScheduler | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -361,6 +365,8 @@ class Engine:
                 await services.start(self._heartbeat.run)
                 await services.start(self._listener.run)
                 await services.start(self._sweeper.run)
+                if self._periodic is not None:
+                    await services.start(self._periodic.run)
                 async with trio.open_nursery() as workers:
                     for worker in self._workers.values():
                         await workers.start(worker.run)
@@ -1045,6 +1051,43 @@ class Engine:
             limit=limit,
         )
 
+    # --- periodic schedules ----------------------------------------------------------------
+
+    @property
+    def periodic(self) -> PeriodicScheduler | None:
+        """The scheduler of this engine's periodic schedules (None when it runs none, or runs
+        no workers). Tests call its ``run_once(now=...)`` to fire without waiting."""
+        return self._periodic
+
+    async def periodic_schedules(self) -> builtins.list[PeriodicSchedule]:
+        """Every schedule registered in the database (by any engine), sorted by name, with
+        its last and next fire times."""
+        self._check_open()
+        return await self._store.periodic_schedules()
+
+    def _enable_periodic(self, declared: Iterable[Periodic]) -> None:
+        """Resolve the schedules to run (code, Task classes' ``PERIODIC``, settings); raises
+        ConfigError before anything starts."""
+        schedules = resolve_schedules(
+            declared, self.settings.periodic.schedules, self.registry, self._prepare_periodic
+        )
+        if not schedules:
+            return
+        self._periodic = PeriodicScheduler(
+            self._store,
+            schedules,
+            self._health,
+            self._log,
+            metrics=self._metrics,
+            misfire_grace=self.settings.periodic.misfire_grace,
+            retry_interval=self.settings.worker.poll_interval,
+        )
+
+    def _prepare_periodic(self, periodic: Periodic, task: Task) -> NewTask:
+        return self._prepare(
+            periodic.queue, task, priority=periodic.priority, scheduled_at=None, max_attempts=None
+        )
+
 
 class _GaugeSource:
     """The engine, as the gauges read it."""
@@ -1093,6 +1136,7 @@ async def run_engine(
     rng: random.Random | None = None,
     metrics: Metrics | None = None,
     tracer: Tracer | None = None,
+    periodic: Iterable[Periodic] = (),
 ) -> AsyncIterator[Engine]:
     """Run an engine on ``store`` for the lifetime of the block; shut down gracefully at exit.
 
@@ -1109,6 +1153,9 @@ async def run_engine(
         metrics=metrics,
         tracer=tracer,
     )
+    if run_workers:
+        # Only engines that run workers fire schedules; producers (the CLI) never do.
+        engine._enable_periodic(periodic)
     try:
         async with trio.open_nursery() as nursery:
             if run_workers:

@@ -25,6 +25,7 @@ from iron_defer_trio.http._schemas import (
     AuditPage,
     CreateTask,
     Health,
+    PeriodicList,
     QueueList,
     QueueOut,
     SignalTask,
@@ -248,6 +249,16 @@ ROUTES: tuple[Route, ...] = (
         h.health,  # replaced in create_app: the document is built once
         {200: ("The OpenAPI document", None)},
         tags=("operations",),
+    ),
+    Route(
+        "GET",
+        "/periodic",
+        "listPeriodic",
+        "Periodic schedules with their last and next fire times",
+        h.list_periodic,
+        {200: ("Every registered schedule, by name", PeriodicList)},
+        errors=("DATABASE_UNAVAILABLE",),
+        tags=("periodic",),
     ),
 )
 

@@ -24,6 +24,8 @@ from iron_defer_trio.http._schemas import (
     CreateTask,
     FieldProblem,
     Health,
+    PeriodicList,
+    PeriodicOut,
     QueueList,
     QueueOut,
     SignalTask,
@@ -333,3 +335,9 @@ async def metrics() -> Response:
     """GET /metrics: Prometheus text exposition."""
     body, content_type = state().metrics()
     return Response(body, status=200, content_type=content_type)
+
+
+async def list_periodic() -> Response:
+    """GET /periodic: every registered periodic schedule with its last and next fire time."""
+    schedules = await state().engine.periodic_schedules()
+    return json_response(PeriodicList(schedules=[PeriodicOut.from_schedule(s) for s in schedules]))

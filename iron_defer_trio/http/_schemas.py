@@ -25,6 +25,8 @@ from iron_defer_trio.domain.limits import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from iron_defer_trio.domain.periodic import PeriodicSchedule
+
 #: Largest page of GET /tasks.
 MAX_PAGE = 500
 #: Page size when none is asked for.
@@ -249,3 +251,32 @@ class Problem(WireModel):
     def to_json(self) -> dict[str, Any]:
         """The problem document, without the absent ``errors`` member."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class PeriodicOut(WireModel):
+    """One periodic schedule, as registered by the engines that run it."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue: str
+    kind: str
+    #: What happens to fire times missed during downtime: run_once or skip.
+    missed: Literal["run_once", "skip"]
+    #: The latest fire time handled (task enqueued, or missed run skipped); null before any.
+    last_fire_at: datetime | None
+    #: The next fire time, as the engine that last registered or fired the schedule saw it.
+    next_fire_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_schedule(cls, schedule: PeriodicSchedule) -> PeriodicOut:
+        """Convert the domain's schedule record."""
+        return cls.model_validate(schedule.model_dump())
+
+
+class PeriodicList(WireModel):
+    """GET /periodic."""
+
+    schedules: list[PeriodicOut]

@@ -23,6 +23,7 @@ from iron_defer_trio.domain import (
     TaskRecord,
     TaskStatus,
 )
+from iron_defer_trio.domain.periodic import PeriodicSchedule, ScheduleDefinition
 from iron_defer_trio.errors import ConfigError, StoreUnavailable
 from iron_defer_trio.observability import Logger, default_logger
 from iron_defer_trio.store._bridge import Bridge, open_bridge
@@ -39,6 +40,7 @@ from iron_defer_trio.store.protocol import (
     NotificationKind,
     Outcome,
     OutcomeKind,
+    PeriodicFire,
     RecoveredTask,
     SignalResult,
 )
@@ -581,6 +583,61 @@ class PostgresStore:
     async def aclose(self) -> None:
         """Close the pool's connections."""
         await self._pool.aclose()
+
+    # --- periodic schedules ---------------------------------------------------------------
+
+    async def register_periodic(
+        self, schedules: Sequence[tuple[ScheduleDefinition, datetime]]
+    ) -> list[PeriodicSchedule]:
+        if not schedules:
+            return []
+        rows = await self._fetch(
+            "register_periodic",
+            [s.name for s, _ in schedules],
+            [s.cron for s, _ in schedules],
+            [s.timezone for s, _ in schedules],
+            [s.queue for s, _ in schedules],
+            [s.kind for s, _ in schedules],
+            [s.missed for s, _ in schedules],
+            [next_fire for _, next_fire in schedules],
+        )
+        return [_schedule(row) for row in rows]
+
+    async def periodic_schedules(
+        self, names: Sequence[str] | None = None
+    ) -> list[PeriodicSchedule]:
+        rows = await self._fetch("periodic_schedules", None if names is None else list(names))
+        return [_schedule(row) for row in rows]
+
+    async def fire_periodic(
+        self,
+        schedule: ScheduleDefinition,
+        fire_at: datetime,
+        next_fire_at: datetime,
+        *,
+        enqueue: bool = True,
+    ) -> PeriodicFire:
+        (row,) = await self._fetch(
+            "fire_periodic",
+            schedule.name,
+            fire_at,
+            next_fire_at,
+            uuid7(),
+            schedule.queue,
+            schedule.kind,
+            schedule.payload_json,
+            schedule.priority,
+            schedule.max_attempts,
+            self._settings.audit_log,
+            enqueue,
+            schedule.attempt_timeout,
+            schedule.region,
+        )
+        return PeriodicFire(fenced=row["fenced"], task_id=row["task_id"])
+
+
+def _schedule(row: Any) -> PeriodicSchedule:
+    return PeriodicSchedule.model_validate(dict(row))
 
 
 async def _aio_migrate(dsn: str, connect_timeout: float) -> MigrationReport:

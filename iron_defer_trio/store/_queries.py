@@ -94,6 +94,6 @@ class Queries:
 
 
 #: Queries the task store runs.
-TASKS = Queries("tasks.sql", "queues.sql")
+TASKS = Queries("tasks.sql", "queues.sql", "periodic.sql")
 #: Queries the migration runner runs.
 MIGRATE = Queries("migrate.sql")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         TaskRecord,
         TaskStatus,
     )
+    from iron_defer_trio.domain.periodic import PeriodicSchedule, ScheduleDefinition
 
 __all__ = [
     "CancelResult",
@@ -43,6 +44,7 @@ __all__ = [
     "NotificationKind",
     "Outcome",
     "OutcomeKind",
+    "PeriodicFire",
     "RecoveredTask",
     "SignalResult",
     "StoreTransaction",
@@ -163,6 +165,17 @@ class RecoveredTask:
     max_attempts: int
     #: The worker that held the expired lease.
     previous_worker: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicFire:
+    """What handling one fire time of a schedule did."""
+
+    #: This call advanced the schedule's fence (False: another engine handled this fire time,
+    #: or a later one, first).
+    fenced: bool
+    #: The task it enqueued (None when it lost the fence or skipped a missed run).
+    task_id: UUID | None
 
 
 class Listener(Protocol):
@@ -373,4 +386,30 @@ class TaskStore(Protocol):
 
     def listen(self) -> AbstractAsyncContextManager[Listener]:
         """Open a dedicated LISTEN session for new-work and cancel notifications."""
+        ...
+
+    async def register_periodic(
+        self, schedules: Sequence[tuple[ScheduleDefinition, datetime]]
+    ) -> list[PeriodicSchedule]:
+        """Insert or update these schedules (each with its next fire time), keeping the fence
+        of those already registered; returns their rows."""
+        ...
+
+    async def periodic_schedules(
+        self, names: Sequence[str] | None = None
+    ) -> list[PeriodicSchedule]:
+        """Registered schedules by name (every one when ``names`` is None), sorted by name."""
+        ...
+
+    async def fire_periodic(
+        self,
+        schedule: ScheduleDefinition,
+        fire_at: datetime,
+        next_fire_at: datetime,
+        *,
+        enqueue: bool = True,
+    ) -> PeriodicFire:
+        """Handle one fire time: advance the schedule's fence to ``fire_at`` unless it is
+        already there or later, and in the same statement enqueue its task (scheduled at
+        ``fire_at``) when ``enqueue``. Exactly one caller wins each fire time."""
         ...

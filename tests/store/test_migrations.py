@@ -43,6 +43,7 @@ EXPECTED_INDEXES = {
     ("task_audit", "task_audit_task_idx"),
     ("tasks", "tasks_suspended_idx"),
     ("queue_pauses", "queue_pauses_pkey"),
+    ("periodic_schedules", "periodic_schedules_pkey"),
 }
 
 EXPECTED_CHECKS = {
@@ -78,7 +79,7 @@ def empty_url() -> Iterator[str]:
 
 async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_url: str) -> None:
     """On an empty database, migrate applies every migration and leaves schema iron_defer
-    with its three tables, the expected indexes (claim index partial on pending) and every
+    with its four tables, the expected indexes (claim index partial on pending) and every
     CHECK constraint."""
     with trio.fail_after(15):
         report = await iron_defer.migrate(empty_url)
@@ -101,6 +102,7 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
             )
     assert report == MigrationReport(applied=LATEST, unknown=())
     assert [t["table_name"] for t in tables] == [
+        "periodic_schedules",
         "queue_pauses",
         "schema_migrations",
         "task_audit",

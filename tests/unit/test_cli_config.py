@@ -4,6 +4,7 @@ invalid configuration is a usage error for `show` but the answer (exit 1) for `v
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -91,3 +92,67 @@ def test_show_of_an_invalid_configuration_is_a_usage_error(
 def test_durations_read_back_in_settings_syntax(seconds: float, text: str) -> None:
     """What config show prints can be pasted back into config.toml."""
     assert _duration(seconds) == text
+
+
+_SCHEDULES = """
+[tasks]
+modules = ["cli_cfg_periodic_tasks"]
+
+[[periodic.schedules]]
+cron = "30 6 * * *"
+kind = "digest"
+payload = {audience = "ops"}
+timezone = "Europe/Berlin"
+"""
+
+_TASKS = """
+from typing import ClassVar
+
+import iron_defer_trio as iron_defer
+
+
+class Digest(iron_defer.Task):
+    KIND: ClassVar[str] = "digest"
+    audience: str
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        return None
+"""
+
+
+def test_show_prints_periodic_schedules_as_json_objects(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Schedule tables come out as the JSON objects IRON_DEFER__PERIODIC__SCHEDULES takes."""
+    (workdir / "config.toml").write_text(_SCHEDULES)
+    code, out, _ = _run(capsys, "config", "show", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["settings"]["periodic"]["schedules"] == [
+        {
+            "cron": "30 6 * * *",
+            "kind": "digest",
+            "payload": {"audience": "ops"},
+            "timezone": "Europe/Berlin",
+            "missed": "run_once",
+        }
+    ]
+    assert shown["origins"]["periodic.schedules"].endswith("config.toml")
+
+
+def test_validate_checks_the_kinds_and_payloads_of_schedules(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schedule whose kind no task module registers, or whose payload its class refuses,
+    makes the configuration invalid; a fitting one is valid."""
+    (workdir / "cli_cfg_periodic_tasks.py").write_text(_TASKS)
+    (workdir / "config.toml").write_text(_SCHEDULES)
+    assert _run(capsys, "config", "validate")[:2] == (0, "configuration is valid\n")
+    (workdir / "config.toml").write_text(_SCHEDULES.replace('kind = "digest"', 'kind = "dijest"'))
+    code, _, err = _run(capsys, "config", "validate")
+    assert code == 1
+    assert "periodic.schedules[0]: no task class is registered for kind 'dijest'" in err
+    (workdir / "config.toml").write_text(_SCHEDULES.replace("audience", "audiense"))
+    code, _, err = _run(capsys, "config", "validate")
+    assert code == 1
+    assert "periodic.schedules[0]: the payload does not fit 'digest'" in err

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic.json_schema import models_json_schema
 
+from iron_defer_trio.domain.limits import QUEUE_NAME_PATTERN
 from iron_defer_trio.http._errors import CODES, PROBLEM_JSON
 from iron_defer_trio.http._schemas import Problem
 
@@ -92,6 +93,17 @@ def _operation(route: Route) -> dict[str, Any]:
                 "required": True,
                 "description": "Task id (UUID).",
                 "schema": {"type": "string", "format": "uuid"},
+            },
+        )
+    if "{name}" in route.path:
+        parameters.insert(
+            0,
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "Queue name.",
+                "schema": {"type": "string", "pattern": QUEUE_NAME_PATTERN.pattern},
             },
         )
     if parameters:

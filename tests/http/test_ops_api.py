@@ -51,6 +51,9 @@ async def test_queues_reports_counts_per_queue(open_api: Callable[..., Any]) -> 
         "cancelled",
         "activeWorkers",
         "oldestPendingAgeSeconds",
+        "region",
+        "paused",
+        "pausedAt",
     }
 
 

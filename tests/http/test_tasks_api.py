@@ -91,6 +91,7 @@ async def test_post_creates_a_pending_task_and_returns_it(
         "suspendedAt",
         "signalPayload",
         "cancelRequestedAt",
+        "region",
     }
     assert row["kind"] == "send_email"
     assert row["queue"] == "mail"

@@ -20,11 +20,13 @@ from iron_defer_trio.http._schemas import (
     DEFAULT_PAGE,
     MAX_PAGE,
     AuditPage,
+    BulkRetryOut,
     CreateTask,
     FieldProblem,
     Health,
     QueueList,
     QueueOut,
+    RetryTasks,
     SignalTask,
     TaskOut,
     TaskPage,
@@ -302,3 +304,21 @@ async def metrics() -> Response:
     """GET /metrics: Prometheus text exposition."""
     body, content_type = state().metrics()
     return Response(body, status=200, content_type=content_type)
+
+
+# --- retrying -------------------------------------------------------------------------------
+
+
+async def retry_task(id: str) -> Response:
+    """POST /tasks/{id}/retry: a failed or cancelled task, pending again."""
+    record = await state().engine.retry(_task_id(id))
+    return json_response(TaskOut.from_record(record))
+
+
+async def retry_tasks() -> Response:
+    """POST /tasks/retry: count (without expect) or retry (with the confirmed count)."""
+    body = await _body(RetryTasks)
+    result = await state().engine.retry_many(
+        queue=body.queue, status=body.status, kind=body.kind, expect=body.expect
+    )
+    return json_response(BulkRetryOut.from_result(result))

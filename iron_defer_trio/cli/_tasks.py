@@ -327,7 +327,7 @@ def retry_tasks(
         what = f"{status.value} task(s) of queue {queue!r}" + (
             f" of kind {kind!r}" if kind is not None else ""
         )
-        if counted.more:
+        if counted.more and not as_json:
             echo(
                 f"more than {MAX_BULK_RETRY} {what} match: the {MAX_BULK_RETRY} that finished "
                 "first are retried (run the command again for the next ones)"

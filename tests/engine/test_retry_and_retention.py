@@ -30,6 +30,7 @@ from iron_defer_trio.store import open_postgres_store
 from tests.conftest import FAST_WORKER
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from uuid import UUID
 
     from iron_defer_trio.store.protocol import TaskStore
@@ -334,7 +335,7 @@ async def _aged(db: Db, status: str, age: timedelta, count: int = 1) -> None:
 
 
 def _sweeper(
-    store: Any, retention: dict[TaskStatus, float | None], *, batch: int = 1000
+    store: Any, retention: Mapping[TaskStatus, float | None], *, batch: int = 1000
 ) -> Sweeper:
     log = default_logger()
     return Sweeper(

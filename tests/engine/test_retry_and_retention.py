@@ -261,6 +261,35 @@ async def test_bulk_retry_changes_nothing_when_the_count_changed(
     assert await _statuses(db) == {("noop", "failed"): 4, ("noop", "pending"): 1}
 
 
+async def test_two_confirmations_of_one_count_retry_the_tasks_once(
+    open_test_engine: EngineFactory, db: Db
+) -> None:
+    """Two operators confirming the same count at the same time: one retries the tasks, the
+    other gets CountChanged (the rows were locked, then no longer failed) and changes
+    nothing; every task is retried exactly once."""
+    await _finished(db, 50, "failed")
+    outcomes: list[str] = []
+
+    async def confirm(engine: iron_defer.Engine) -> None:
+        try:
+            done = await engine.retry_many(queue="q", expect=50)
+        except iron_defer.CountChanged as exc:
+            outcomes.append(f"changed {exc.matched}")
+        else:
+            outcomes.append(f"retried {done.retried}")
+
+    with trio.fail_after(30):
+        async with (
+            open_test_engine(tasks=[Noop], run_workers=False) as first,
+            open_test_engine(tasks=[Noop], run_workers=False) as second,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(confirm, first)
+            nursery.start_soon(confirm, second)
+    assert sorted(outcomes) == ["changed 0", "retried 50"]
+    assert await _statuses(db) == {("noop", "pending"): 50}
+
+
 async def test_bulk_retry_refuses_other_statuses_and_out_of_range_counts(
     open_test_engine: EngineFactory,
 ) -> None:

@@ -61,6 +61,23 @@ class Db:
         rows = await self.fetch("SELECT status, count(*) AS n FROM iron_defer.tasks GROUP BY 1")
         return {row["status"]: row["n"] for row in rows}
 
+    async def add_finished(
+        self, count: int, status: str, *, queue: str, kind: str, ago: str = "1 hour"
+    ) -> None:
+        """Insert ``count`` tasks that ended ``status`` (failed, cancelled or completed)
+        ``ago`` before now, with their attempts used up and last_error 'boom'."""
+        await self.execute(
+            "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status,"
+            " attempts, last_error, finished_at)"
+            " SELECT gen_random_uuid(), $1, $2, '{}', 3, $3, 3, 'boom', now() - $4::interval"
+            " FROM generate_series(1, $5)",
+            queue,
+            kind,
+            status,
+            ago,
+            count,
+        )
+
 
 @asynccontextmanager
 async def connect(dsn: str) -> AsyncIterator[Db]:

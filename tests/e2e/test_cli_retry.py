@@ -21,15 +21,7 @@ MISSING_ID = "0190f3a2-5b7c-7d3e-8f10-2a3b4c5d6e7f"
 
 
 async def _finished(db: Db, count: int, *, status: str = "failed", kind: str = "job") -> None:
-    await db.execute(
-        "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status, attempts,"
-        " last_error, finished_at)"
-        " SELECT gen_random_uuid(), 'work', $1, '{}', 3, $2, 3, 'boom', now()"
-        " FROM generate_series(1, $3)",
-        kind,
-        status,
-        count,
-    )
+    await db.add_finished(count, status, queue="work", kind=kind, ago="0")
 
 
 async def test_retry_by_id_prints_the_task_as_the_library_has_it(

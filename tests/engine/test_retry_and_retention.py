@@ -185,16 +185,7 @@ async def _finished(
     db: Db, count: int, status: str, *, queue: str = "q", kind: str = "noop"
 ) -> None:
     """``count`` tasks that finished with ``status`` an hour ago."""
-    await db.execute(
-        "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status, attempts,"
-        " last_error, finished_at)"
-        " SELECT gen_random_uuid(), $1, $2, '{}', 3, $3, 3, 'boom', now() - interval '1 hour'"
-        " FROM generate_series(1, $4)",
-        queue,
-        kind,
-        status,
-        count,
-    )
+    await db.add_finished(count, status, queue=queue, kind=kind)
 
 
 async def _statuses(db: Db, queue: str = "q") -> dict[tuple[str, str], int]:
@@ -314,10 +305,7 @@ async def test_bulk_retry_takes_at_most_the_cap_oldest_first(
     """Beyond MAX_BULK_RETRY matching tasks the count says ``more`` and a retry takes the
     oldest-finished MAX_BULK_RETRY; the rest stay failed for the next call."""
     await _finished(db, 10_000, "failed")
-    await db.execute(
-        "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status, attempts,"
-        " finished_at) VALUES (gen_random_uuid(), 'q', 'newest', '{}', 3, 'failed', 3, now())"
-    )
+    await db.add_finished(1, "failed", queue="q", kind="newest", ago="0")
     with trio.fail_after(60):
         async with open_test_engine(tasks=[Noop], run_workers=False) as engine:
             counted = await engine.retry_many(queue="q")

@@ -22,15 +22,7 @@ if TYPE_CHECKING:
 
 
 async def _failed(db: Db, count: int, *, kind: str = "send_email", status: str = "failed") -> None:
-    await db.execute(
-        "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status, attempts,"
-        " last_error, finished_at)"
-        " SELECT gen_random_uuid(), 'default', $1, '{\"to\": \"x\"}', 3, $2, 3, 'boom', now()"
-        " FROM generate_series(1, $3)",
-        kind,
-        status,
-        count,
-    )
+    await db.add_finished(count, status, queue="default", kind=kind, ago="0")
 
 
 async def _body(response: Any, status: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -62,7 +63,13 @@ class Db:
         return {row["status"]: row["n"] for row in rows}
 
     async def add_finished(
-        self, count: int, status: str, *, queue: str, kind: str, ago: str = "1 hour"
+        self,
+        count: int,
+        status: str,
+        *,
+        queue: str,
+        kind: str,
+        ago: timedelta = timedelta(hours=1),
     ) -> None:
         """Insert ``count`` tasks that ended ``status`` (failed, cancelled or completed)
         ``ago`` before now, with their attempts used up and last_error 'boom'."""

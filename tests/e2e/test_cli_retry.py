@@ -4,6 +4,7 @@ the rows and against what the library and REST API answer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import trio
@@ -21,7 +22,7 @@ MISSING_ID = "0190f3a2-5b7c-7d3e-8f10-2a3b4c5d6e7f"
 
 
 async def _finished(db: Db, count: int, *, status: str = "failed", kind: str = "job") -> None:
-    await db.add_finished(count, status, queue="work", kind=kind, ago="0")
+    await db.add_finished(count, status, queue="work", kind=kind, ago=timedelta(0))
 
 
 async def test_retry_by_id_prints_the_task_as_the_library_has_it(

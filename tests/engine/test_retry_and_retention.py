@@ -305,7 +305,7 @@ async def test_bulk_retry_takes_at_most_the_cap_oldest_first(
     """Beyond MAX_BULK_RETRY matching tasks the count says ``more`` and a retry takes the
     oldest-finished MAX_BULK_RETRY; the rest stay failed for the next call."""
     await _finished(db, 10_000, "failed")
-    await db.add_finished(1, "failed", queue="q", kind="newest", ago="0")
+    await db.add_finished(1, "failed", queue="q", kind="newest", ago=timedelta(0))
     with trio.fail_after(60):
         async with open_test_engine(tasks=[Noop], run_workers=False) as engine:
             counted = await engine.retry_many(queue="q")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 
 async def _failed(db: Db, count: int, *, kind: str = "send_email", status: str = "failed") -> None:
-    await db.add_finished(count, status, queue="default", kind=kind, ago="0")
+    await db.add_finished(count, status, queue="default", kind=kind, ago=timedelta(0))
 
 
 async def _body(response: Any, status: int) -> dict[str, Any]:

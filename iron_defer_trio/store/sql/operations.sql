@@ -54,11 +54,16 @@ FROM (
 -- nothing changes. The matching rows are locked first, so the count that is compared is the
 -- set that is changed. Wakes the queue on commit. Audited when $6.
 -- params: $1 queue, $2 status, $3 kind (NULL: any), $4 confirmed count, $5 cap, $6 audit bool
+-- The update looks the locked ids up through an array (primary-key lookups), not a join that
+-- a generic plan may turn into a scan of the whole table.
 WITH matching AS MATERIALIZED (
-    SELECT id, status, attempts
+    SELECT id, attempts
     FROM iron_defer.tasks
+    -- finished_at IS NOT NULL holds for every failed or cancelled task: it lets the retention
+    -- index (status, finished_at) serve the filter and the order.
     WHERE queue = $1 AND status = $2 AND ($3::text IS NULL OR kind = $3)
-    ORDER BY finished_at, id
+      AND finished_at IS NOT NULL
+    ORDER BY finished_at
     LIMIT $5
     FOR UPDATE
 ),
@@ -66,25 +71,23 @@ confirmed AS (
     SELECT count(*) AS matched FROM matching
 ),
 retried AS (
-    UPDATE iron_defer.tasks AS t
+    UPDATE iron_defer.tasks
     SET status = 'pending',
         attempts = 0,
         scheduled_at = now(),
         finished_at = NULL,
         cancel_requested_at = NULL,
         updated_at = now()
-    FROM matching AS m
-    WHERE t.id = m.id AND (SELECT matched FROM confirmed) = $4
-    RETURNING t.id, t.queue, t.status, t.attempts, t.traceparent,
-              m.status AS previous_status, m.attempts AS previous_attempts
+    WHERE id = ANY(ARRAY(SELECT id FROM matching)) AND (SELECT matched FROM confirmed) = $4
+    RETURNING id, queue, status, attempts, traceparent
 ),
 audited AS (
     INSERT INTO iron_defer.task_audit
         (task_id, event, from_status, to_status, attempt, trace_id, metadata)
-    SELECT id, 'retry_manual', previous_status, status, attempts,
-           split_part(traceparent, '-', 2),
-           jsonb_build_object('previous_attempts', previous_attempts, 'bulk', true)
-    FROM retried
+    SELECT r.id, 'retry_manual', $2, r.status, r.attempts, split_part(r.traceparent, '-', 2),
+           jsonb_build_object('previous_attempts', m.attempts, 'bulk', true)
+    FROM retried AS r
+    JOIN matching AS m ON m.id = r.id
     WHERE $6::boolean
 ),
 woken AS (
@@ -99,19 +102,20 @@ SELECT (SELECT matched FROM confirmed) AS matched,
 -- oldest first, skipping rows another statement holds (a retry, another engine's sweep).
 -- Their audit rows stay (no foreign key); their idempotency keys go with them.
 -- params: $1 now (NULL: database clock), $2 status, $3 retention seconds, $4 batch limit
-WITH due AS (
-    SELECT id
-    FROM iron_defer.tasks
-    WHERE status = $2
-      AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $3::float8)
-    ORDER BY finished_at
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-),
-deleted AS (
-    DELETE FROM iron_defer.tasks AS t
-    USING due
-    WHERE t.id = due.id
-    RETURNING t.id
+-- The picked ids go through an array (as in claim), so the delete is primary-key lookups
+-- whatever the planner believes about the table: a join was planned as a hash join over a
+-- sequential scan of the whole table under a generic plan.
+WITH deleted AS (
+    DELETE FROM iron_defer.tasks
+    WHERE id = ANY(ARRAY(
+        SELECT id
+        FROM iron_defer.tasks
+        WHERE status = $2
+          AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $3::float8)
+        ORDER BY finished_at
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id
 )
 SELECT count(*) AS deleted FROM deleted;

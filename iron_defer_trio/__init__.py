@@ -24,6 +24,7 @@ from iron_defer_trio.config import DatabaseSettings as DatabaseSettings
 from iron_defer_trio.config import Settings as Settings
 from iron_defer_trio.config import WorkerSettings as WorkerSettings
 from iron_defer_trio.domain import AuditEntry as AuditEntry
+from iron_defer_trio.domain import BulkRetry as BulkRetry
 from iron_defer_trio.domain import EnqueuedTask as EnqueuedTask
 from iron_defer_trio.domain import QueueStatistics as QueueStatistics
 from iron_defer_trio.domain import RetryPolicy as RetryPolicy
@@ -39,6 +40,7 @@ from iron_defer_trio.engine import EngineStatistics as EngineStatistics
 from iron_defer_trio.engine import QueueWorkerStatistics as QueueWorkerStatistics
 from iron_defer_trio.engine import Transaction as Transaction
 from iron_defer_trio.errors import ConfigError as ConfigError
+from iron_defer_trio.errors import CountChanged as CountChanged
 from iron_defer_trio.errors import EngineClosed as EngineClosed
 from iron_defer_trio.errors import EngineCrashed as EngineCrashed
 from iron_defer_trio.errors import IdempotencyConflict as IdempotencyConflict
@@ -55,7 +57,9 @@ from iron_defer_trio.errors import UnknownTaskKind as UnknownTaskKind
 
 __all__ = [
     "AuditEntry",
+    "BulkRetry",
     "ConfigError",
+    "CountChanged",
     "DatabaseSettings",
     "Engine",
     "EngineClosed",

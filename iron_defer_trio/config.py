@@ -46,6 +46,7 @@ __all__ = [
     "ObservabilitySettings",
     "PeriodicScheduleSettings",
     "PeriodicSettings",
+    "RetentionSettings",
     "Seconds",
     "ServerSettings",
     "Settings",
@@ -327,6 +328,21 @@ class ObservabilitySettings(_Section):
         return value
 
 
+class RetentionSettings(_Section):
+    """How long finished tasks stay in the table before the sweeper deletes them, per final
+    status. 0 (or None) keeps them forever. Audit rows are never deleted."""
+
+    #: Age (since finished_at) at which completed tasks are deleted.
+    completed: Seconds | None = Field(default=86_400.0, ge=0)
+    #: Age at which failed tasks are deleted (long enough to inspect and retry them).
+    failed: Seconds | None = Field(default=604_800.0, ge=0)
+    #: Age at which cancelled tasks are deleted.
+    cancelled: Seconds | None = Field(default=604_800.0, ge=0)
+    #: Tasks deleted per statement; a backlog is worked through in several statements, so
+    #: no statement holds many locks or runs long.
+    batch_size: Integer = Field(default=1000, ge=1, le=100_000)
+
+
 def _default_queues() -> dict[str, int]:
     return {"default": 4}
 
@@ -356,6 +372,7 @@ class Settings(_Section):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     periodic: PeriodicSettings = Field(default_factory=lambda: PeriodicSettings())
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     #: Queues this engine works on, with the most tasks each runs at once.
     queues: Annotated[
         dict[str, Annotated[Integer, Field(ge=1, le=10_000)]], BeforeValidator(_parse_queues)

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "CountChanged",
     "EngineClosed",
     "EngineCrashed",
     "IdempotencyConflict",
@@ -97,6 +98,20 @@ class InvalidTransition(IronDeferError):
         self.task_id = task_id
         self.status = status
         self.action = action
+
+
+class CountChanged(IronDeferError):
+    """A bulk change was confirmed for ``expected`` tasks, but ``matched`` match its filter
+    now (tasks were retried, cancelled, finished or deleted meanwhile). Nothing was changed:
+    count again and confirm the new number."""
+
+    def __init__(self, expected: int, matched: int) -> None:
+        super().__init__(
+            f"{matched} tasks match the filter now, not the {expected} confirmed; nothing was "
+            "changed (count again and confirm the new number)"
+        )
+        self.expected = expected
+        self.matched = matched
 
 
 class IdempotencyConflict(IronDeferError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -60,6 +61,29 @@ class Db:
         """Count of tasks per status."""
         rows = await self.fetch("SELECT status, count(*) AS n FROM iron_defer.tasks GROUP BY 1")
         return {row["status"]: row["n"] for row in rows}
+
+    async def add_finished(
+        self,
+        count: int,
+        status: str,
+        *,
+        queue: str,
+        kind: str,
+        ago: timedelta = timedelta(hours=1),
+    ) -> None:
+        """Insert ``count`` tasks that ended ``status`` (failed, cancelled or completed)
+        ``ago`` before now, with their attempts used up and last_error 'boom'."""
+        await self.execute(
+            "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status,"
+            " attempts, last_error, finished_at)"
+            " SELECT gen_random_uuid(), $1, $2, '{}', 3, $3, 3, 'boom', now() - $4::interval"
+            " FROM generate_series(1, $5)",
+            queue,
+            kind,
+            status,
+            ago,
+            count,
+        )
 
 
 @asynccontextmanager

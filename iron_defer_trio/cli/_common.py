@@ -27,6 +27,7 @@ from iron_defer_trio._api import open_engine, with_running_embedded_database
 from iron_defer_trio.config import load_settings
 from iron_defer_trio.errors import (
     ConfigError,
+    CountChanged,
     IdempotencyConflict,
     InvalidTaskError,
     InvalidTransition,
@@ -57,7 +58,8 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: The task does not exist.
     NOT_FOUND = 3
-    #: The task exists but is not in a status that allows the change (e.g. it is running).
+    #: The task exists but is not in a status that allows the change (e.g. it is running), or
+    #: a bulk retry's confirmed count no longer matches.
     CONFLICT = 4
     #: Interrupted with Ctrl-C (the shell's convention, 128 + SIGINT).
     INTERRUPTED = 130
@@ -227,7 +229,7 @@ def describe(exc: BaseException) -> tuple[ExitCode, str]:
         return exc.code, exc.message
     if isinstance(exc, TaskNotFound):
         return ExitCode.NOT_FOUND, str(exc)
-    if isinstance(exc, InvalidTransition | IdempotencyConflict):
+    if isinstance(exc, InvalidTransition | IdempotencyConflict | CountChanged):
         return ExitCode.CONFLICT, str(exc)
     if isinstance(exc, ConfigError | InvalidTaskError):
         return ExitCode.USAGE, str(exc)

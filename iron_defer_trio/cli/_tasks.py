@@ -1,14 +1,18 @@
-"""``iron-defer-trio tasks list|get|cancel|signal|audit``: read, cancel and resume tasks."""
+"""``iron-defer-trio tasks list|get|cancel|signal|audit|retry``: read, cancel, resume and
+retry tasks."""
 
 import json
+from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
 
 import typer
 from pydantic import JsonValue
 
-from iron_defer_trio import TaskRecord, TaskStatus
+from iron_defer_trio import BulkRetry, TaskRecord, TaskStatus
 from iron_defer_trio.cli._common import (
+    CliError,
+    ExitCode,
     database_settings,
     echo,
     open_producer,
@@ -22,11 +26,19 @@ from iron_defer_trio.cli._common import (
     timestamp,
 )
 from iron_defer_trio.config import Settings
-from iron_defer_trio.http._schemas import DEFAULT_PAGE, MAX_PAGE, AuditPage, TaskOut, TaskPage
+from iron_defer_trio.domain import MAX_BULK_RETRY
+from iron_defer_trio.http._schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    AuditPage,
+    BulkRetryOut,
+    TaskOut,
+    TaskPage,
+)
 
 tasks_app = typer.Typer(
     name="tasks",
-    help="List, inspect, cancel and resume tasks; show their audit trail.",
+    help="List, inspect, cancel, resume and retry tasks; show their audit trail.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -235,3 +247,113 @@ def signal_task(
 async def _signal(settings: Settings, task_id: UUID, payload: JsonValue) -> TaskRecord:
     async with open_producer(settings) as engine:
         return await engine.signal(task_id, payload)
+
+
+class RetryStatus(StrEnum):
+    """The statuses a retry takes tasks from."""
+
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@tasks_app.command("retry")
+def retry_tasks(
+    ctx: typer.Context,
+    task_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ID",
+            help="The task to retry (a UUID). Omit it to retry by --queue/--status/--kind.",
+            show_default=False,
+        ),
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            "--queue", metavar="NAME", help="Retry the tasks of this queue.", show_default=False
+        ),
+    ] = None,
+    status: Annotated[
+        RetryStatus,
+        typer.Option("--status", case_sensitive=False, help="Which finished tasks to retry."),
+    ] = RetryStatus.FAILED,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", metavar="KIND", help="Only this kind.", show_default=False),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Retry the counted tasks without asking for confirmation."),
+    ] = False,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            "--expect",
+            metavar="N",
+            min=0,
+            max=MAX_BULK_RETRY,
+            help="Retry only if exactly N tasks match (a count confirmed earlier); no prompt.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the result as JSON (the task, or the POST /tasks/retry answer).",
+        ),
+    ] = False,
+) -> None:
+    """Run a failed or cancelled task again (new attempt budget), or every failed (or
+    cancelled) task of a queue: the matching tasks are counted and, once confirmed, retried
+    only if that many still match."""
+    if task_id is not None:
+        if queue is not None or kind is not None or expect is not None:
+            raise CliError("give either a task ID or --queue (with --status/--kind), not both")
+        record = run(_retry, database_settings(ctx), parse_task_id(task_id))
+        task = TaskOut.from_record(record)
+        if as_json:
+            print_json(task.to_json())
+        else:
+            echo(f"retried task {task.id}: pending again (attempt budget {task.max_attempts})")
+        return
+    if queue is None:
+        raise CliError("give a task ID, or --queue to retry the tasks of a queue")
+    settings = database_settings(ctx)
+    the_status = TaskStatus(status.value)
+    if expect is None:
+        counted = run(_retry_many, settings, queue, the_status, kind, None)
+        expect = counted.matched
+        what = f"{status.value} task(s) of queue {queue!r}" + (
+            f" of kind {kind!r}" if kind is not None else ""
+        )
+        if counted.more and not as_json:
+            echo(
+                f"more than {MAX_BULK_RETRY} {what} match: the {MAX_BULK_RETRY} that finished "
+                "first are retried (run the command again for the next ones)"
+            )
+        elif not as_json:
+            echo(f"{expect} {what} match")
+        if expect == 0:
+            if as_json:
+                print_json(BulkRetryOut.from_result(counted).to_json())
+            return
+        if not yes and not typer.confirm(f"Retry {expect} task(s)?", err=True):
+            raise CliError("not confirmed: nothing was retried", ExitCode.FAILURE)
+    result = run(_retry_many, settings, queue, the_status, kind, expect)
+    if as_json:
+        print_json(BulkRetryOut.from_result(result).to_json())
+    else:
+        echo(f"retried {result.retried} task(s): pending again")
+
+
+async def _retry(settings: Settings, task_id: UUID) -> TaskRecord:
+    async with open_producer(settings) as engine:
+        return await engine.retry(task_id)
+
+
+async def _retry_many(
+    settings: Settings, queue: str, status: TaskStatus, kind: str | None, expect: int | None
+) -> BulkRetry:
+    async with open_producer(settings) as engine:
+        return await engine.retry_many(queue=queue, status=status, kind=kind, expect=expect)

@@ -9,6 +9,8 @@ from iron_defer_trio.domain.limits import (
 from iron_defer_trio.domain.limits import (
     MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES,
 )
+from iron_defer_trio.domain.operations import MAX_BULK_RETRY as MAX_BULK_RETRY
+from iron_defer_trio.domain.operations import BulkRetry as BulkRetry
 from iron_defer_trio.domain.retry import RetryPolicy as RetryPolicy
 from iron_defer_trio.domain.retry import backoff as backoff
 from iron_defer_trio.domain.status import TRANSITIONS as TRANSITIONS
@@ -25,10 +27,12 @@ from iron_defer_trio.domain.task import TaskLogger as TaskLogger
 from iron_defer_trio.domain.task import TaskRecord as TaskRecord
 
 __all__ = [
+    "MAX_BULK_RETRY",
     "MAX_ERROR_BYTES",
     "MAX_PAYLOAD_BYTES",
     "TRANSITIONS",
     "AuditEntry",
+    "BulkRetry",
     "EnqueuedTask",
     "NewTask",
     "PoolStatistics",

@@ -22,14 +22,15 @@ class TaskStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        """True for completed, failed and cancelled: nothing moves the task on by itself."""
+        """True for completed, failed and cancelled: nothing moves the task on by itself (only
+        an operator's retry makes a failed or cancelled task pending again)."""
         return self in _FINAL
 
 
 _FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
-#: Every change of status the engine performs. The store's guarded UPDATEs implement exactly
-#: these; a test checks the SQL against this table.
+#: Every change of status the engine performs (on its own or on request). The store's guarded
+#: UPDATEs implement exactly these; a test checks the SQL against this table.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # claim; cancel before it ran
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
@@ -47,8 +48,9 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # signal; cancel; suspend_timeout
     TaskStatus.SUSPENDED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
     TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    # an operator's retry (engine.retry / retry_many), never the engine by itself
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),
 }
 
 

@@ -36,7 +36,9 @@ import trio
 from opentelemetry.trace import SpanKind
 
 from iron_defer_trio.domain import (
+    MAX_BULK_RETRY,
     AuditEntry,
+    BulkRetry,
     EnqueuedTask,
     NewTask,
     QueueStatistics,
@@ -67,6 +69,7 @@ from iron_defer_trio.engine._transaction import Transaction
 from iron_defer_trio.engine._worker import QueueWorker, QueueWorkerStatistics
 from iron_defer_trio.errors import (
     ConfigError,
+    CountChanged,
     EngineClosed,
     InvalidTaskError,
     InvalidTransition,
@@ -196,6 +199,12 @@ class Engine:
             worker_id=self.worker_id,
             idempotency_retention=settings.worker.idempotency_retention,
             suspend_timeout=settings.worker.suspend_timeout,
+            retention={
+                TaskStatus.COMPLETED: settings.retention.completed,
+                TaskStatus.FAILED: settings.retention.failed,
+                TaskStatus.CANCELLED: settings.retention.cancelled,
+            },
+            retention_batch=settings.retention.batch_size,
         )
         self._listener = NotificationListener(
             store,
@@ -1040,8 +1049,7 @@ class Engine:
                 f"unknown status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
             ) from None
         for name, value in (("queue", queue), ("kind", kind)):
-            if value is not None and ("\x00" in value or len(value) > 255):
-                raise InvalidTaskError(f"{name} filter must be at most 255 characters, no NUL")
+            _check_filter(name, value)
         self._check_open()
         return await self._store.list_tasks(
             queue=queue,
@@ -1088,6 +1096,85 @@ class Engine:
             periodic.queue, task, priority=periodic.priority, scheduled_at=None, max_attempts=None
         )
 
+    # --- retrying (operators) ------------------------------------------------------------
+
+    async def retry(self, task_id: UUID | str) -> TaskRecord:
+        """Run a failed or cancelled task again.
+
+        The task is ``pending`` and due now, with a new attempt budget (``attempts`` back to
+        0, ``max_attempts`` unchanged). Its history stays: ``last_error`` until the next
+        attempt overwrites it, and its checkpoint, so the next attempt resumes from it. Its
+        queue's workers are woken, in every process.
+
+        Raises:
+            TaskNotFound: no task has this id (it never existed, or retention deleted it).
+            InvalidTransition: the task is not failed or cancelled (``exc.status``).
+        """
+        the_id = _as_uuid(task_id)
+        self._check_open()
+        result = await self._store.retry(the_id)
+        record = self._changed_or_raise(the_id, result.retried, result.current, "retry")
+        self._log.info(
+            "task_retried_manually", task_id=str(record.id), queue=record.queue, kind=record.kind
+        )
+        self._wake(record.queue)
+        return record
+
+    async def retry_many(
+        self,
+        *,
+        queue: str,
+        status: TaskStatus | str = TaskStatus.FAILED,
+        kind: str | None = None,
+        expect: int | None = None,
+    ) -> BulkRetry:
+        """Retry every failed (or every cancelled) task of a queue, optionally of one kind,
+        as :meth:`retry` does, in two steps that make the number changed the number seen.
+
+        Without ``expect`` nothing changes: the result's ``matched`` is how many tasks a retry
+        would take (at most :data:`~iron_defer_trio.domain.MAX_BULK_RETRY`, the oldest
+        finished first; ``more`` tells that others match beyond it). Call again with
+        ``expect=matched`` to retry them: the matching tasks are locked, counted and
+        retried in one statement, and when their number is not ``expect`` (tasks were
+        retried, cancelled or deleted meanwhile) nothing changes and CountChanged is raised.
+
+        Raises:
+            InvalidTaskError: ``status`` is not failed or cancelled, a filter is malformed,
+                or ``expect`` is outside 0..MAX_BULK_RETRY.
+            CountChanged: ``expect`` was given and another number of tasks matches now.
+        """
+        the_status = _retryable_status(status)
+        validate_queue_name(queue)
+        _check_filter("kind", kind)
+        if expect is not None and not 0 <= expect <= MAX_BULK_RETRY:
+            raise InvalidTaskError(
+                f"expect must be between 0 and {MAX_BULK_RETRY} (one bulk retry takes at most "
+                f"{MAX_BULK_RETRY} tasks), got {expect}"
+            )
+        self._check_open()
+        if expect is None:
+            counted = await self._store.count_retryable(
+                queue=queue, status=the_status, kind=kind, most=MAX_BULK_RETRY + 1
+            )
+            return BulkRetry(
+                matched=min(counted, MAX_BULK_RETRY), more=counted > MAX_BULK_RETRY, retried=0
+            )
+        matched, retried = await self._store.retry_many(
+            queue=queue, status=the_status, kind=kind, expect=expect, cap=MAX_BULK_RETRY
+        )
+        if matched != expect:
+            raise CountChanged(expect, matched)
+        self._log.info(
+            "tasks_retried_manually",
+            queue=queue,
+            status=the_status.value,
+            kind=kind,
+            count=retried,
+        )
+        if retried:
+            self._wake(queue)
+        return BulkRetry(matched=matched, more=False, retried=retried)
+
 
 class _GaugeSource:
     """The engine, as the gauges read it."""
@@ -1113,6 +1200,23 @@ class _GaugeSource:
             "in_use": stats.in_use,
             "waiting": stats.waiting,
         }
+
+
+def _check_filter(name: str, value: str | None) -> None:
+    """A list or bulk filter value: text the columns can hold."""
+    if value is not None and ("\x00" in value or len(value) > 255):
+        raise InvalidTaskError(f"{name} filter must be at most 255 characters, no NUL")
+
+
+def _retryable_status(status: TaskStatus | str) -> TaskStatus:
+    """The status filter of a bulk retry: failed or cancelled, nothing else."""
+    try:
+        the_status = TaskStatus(status)
+    except ValueError:
+        the_status = None
+    if the_status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        raise InvalidTaskError(f"status must be failed or cancelled to retry, got {status!r}")
+    return the_status
 
 
 def _as_uuid(value: UUID | str) -> UUID:

@@ -1,9 +1,10 @@
 """Recovers tasks whose lease expired (their worker died, hung, or lost the database), frees
-idempotency keys past their retention, and fails tasks suspended past the suspend timeout."""
+idempotency keys past their retention, fails tasks suspended past the suspend timeout, and
+deletes finished tasks past their retention (``[retention]`` settings)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -13,6 +14,7 @@ from iron_defer_trio.errors import StoreError
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Mapping
     from datetime import datetime
     from uuid import UUID
 
@@ -34,6 +36,8 @@ class SweepResult:
     keys_freed: int = 0
     #: Tasks failed because they stayed suspended longer than the suspend timeout.
     suspensions_expired: int = 0
+    #: Finished tasks deleted because they were older than their status's retention.
+    deleted: Mapping[TaskStatus, int] = field(default_factory=dict)
 
     @property
     def requeued(self) -> int:
@@ -62,10 +66,15 @@ class Sweeper:
         worker_id: UUID | None = None,
         idempotency_retention: float = 86_400.0,
         suspend_timeout: float = 86_400.0,
+        retention: Mapping[TaskStatus, float | None] | None = None,
+        retention_batch: int = 1000,
     ) -> None:
+        # Statuses whose finished tasks are deleted, with their age; 0 or None keeps them.
+        self._retention = {status: age for status, age in (retention or {}).items() if age}
+        self._retention_batch = retention_batch
         self._metrics = metrics
         self._worker_id = worker_id
-        self._retention = idempotency_retention
+        self._key_retention = idempotency_retention
         self._suspend_timeout = suspend_timeout
         self._store = store
         self._health = health
@@ -75,12 +84,13 @@ class Sweeper:
 
     async def run_once(self, *, now: datetime | None = None) -> SweepResult:
         """Recover every task whose lease expired before ``now`` (None: the database clock),
-        then free the idempotency keys past their retention."""
+        free the idempotency keys past their retention, fail expired suspensions, then delete
+        the finished tasks past their retention."""
         recovered = await self._recover(now)
         freed = 0
         while True:
             count = await self._store.free_idempotency_keys(
-                retention=self._retention, limit=BATCH, now=now
+                retention=self._key_retention, limit=BATCH, now=now
             )
             freed += count
             if count < BATCH:
@@ -88,7 +98,34 @@ class Sweeper:
         if freed:
             self._log.info("idempotency_keys_freed", count=freed)
         expired = await self._fail_suspended(now)
-        return SweepResult(tuple(recovered), keys_freed=freed, suspensions_expired=expired)
+        deleted = await self._delete_finished(now)
+        return SweepResult(
+            tuple(recovered), keys_freed=freed, suspensions_expired=expired, deleted=deleted
+        )
+
+    async def _delete_finished(self, now: datetime | None) -> dict[TaskStatus, int]:
+        """Delete finished tasks past their retention, status by status, in batches of
+        ``retention_batch`` rows per statement until a batch comes back short."""
+        deleted: dict[TaskStatus, int] = {}
+        for status, age in self._retention.items():
+            count = 0
+            while True:
+                batch = await self._store.delete_finished(
+                    status=status, older_than=age, limit=self._retention_batch, now=now
+                )
+                count += batch
+                if batch < self._retention_batch:
+                    break
+            if count:
+                deleted[status] = count
+                self._metrics.tasks_deleted.add(count, {"status": status.value})
+        if deleted:
+            self._log.info(
+                "tasks_deleted",
+                count=sum(deleted.values()),
+                **{status.value: n for status, n in deleted.items()},
+            )
+        return deleted
 
     async def _fail_suspended(self, now: datetime | None) -> int:
         expired = 0

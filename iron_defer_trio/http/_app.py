@@ -23,11 +23,13 @@ from iron_defer_trio.http._schemas import (
     DEFAULT_PAGE,
     MAX_PAGE,
     AuditPage,
+    BulkRetryOut,
     CreateTask,
     Health,
     PeriodicList,
     QueueList,
     QueueOut,
+    RetryTasks,
     SignalTask,
     TaskOut,
     TaskPage,
@@ -259,6 +261,41 @@ ROUTES: tuple[Route, ...] = (
         {200: ("Every registered schedule, by name", PeriodicList)},
         errors=("DATABASE_UNAVAILABLE",),
         tags=("periodic",),
+    ),
+    Route(
+        "POST",
+        "/tasks/{id}/retry",
+        "retryTask",
+        "Run a failed or cancelled task again, with a new attempt budget",
+        h.retry_task,
+        {200: ("The task, pending and due now (attempts 0)", TaskOut)},
+        errors=(*_TASK_ERRORS, "INVALID_TRANSITION"),
+        tags=("tasks",),
+    ),
+    Route(
+        "POST",
+        "/tasks/retry",
+        "retryTasks",
+        "Count, then retry with the confirmed count, the failed or cancelled tasks of a queue",
+        h.retry_tasks,
+        {
+            200: (
+                "Without expect: how many tasks match (nothing changed). With expect: how "
+                "many were retried",
+                BulkRetryOut,
+            )
+        },
+        errors=(
+            "MALFORMED_JSON",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "VALIDATION_FAILED",
+            "INVALID_TASK",
+            "COUNT_CHANGED",
+            "DATABASE_UNAVAILABLE",
+        ),
+        request_body=RetryTasks,
+        tags=("tasks",),
     ),
 )
 

@@ -13,6 +13,7 @@ from quart import Response
 
 from iron_defer_trio.errors import (
     ConfigError,
+    CountChanged,
     EngineClosed,
     EngineCrashed,
     IdempotencyConflict,
@@ -37,6 +38,7 @@ ERROR_TABLE: dict[type[IronDeferError], tuple[int, str]] = {
     TaskNotFound: (404, "TASK_NOT_FOUND"),
     InvalidTransition: (409, "INVALID_TRANSITION"),
     IdempotencyConflict: (409, "IDEMPOTENCY_KEY_REUSED"),
+    CountChanged: (409, "COUNT_CHANGED"),
     UnknownTaskKind: (422, "UNKNOWN_KIND"),
     InvalidTaskError: (422, "INVALID_TASK"),
     StoreUnavailable: (503, "DATABASE_UNAVAILABLE"),
@@ -59,6 +61,7 @@ CODES: dict[str, int] = {
     "METHOD_NOT_ALLOWED": 405,
     "INVALID_TRANSITION": 409,
     "IDEMPOTENCY_KEY_REUSED": 409,
+    "COUNT_CHANGED": 409,
     "PAYLOAD_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "VALIDATION_FAILED": 422,

@@ -21,6 +21,7 @@ from iron_defer_trio.http._schemas import (
     DEFAULT_PAGE,
     MAX_PAGE,
     AuditPage,
+    BulkRetryOut,
     CreateTask,
     FieldProblem,
     Health,
@@ -28,6 +29,7 @@ from iron_defer_trio.http._schemas import (
     PeriodicOut,
     QueueList,
     QueueOut,
+    RetryTasks,
     SignalTask,
     TaskOut,
     TaskPage,
@@ -341,3 +343,21 @@ async def list_periodic() -> Response:
     """GET /periodic: every registered periodic schedule with its last and next fire time."""
     schedules = await state().engine.periodic_schedules()
     return json_response(PeriodicList(schedules=[PeriodicOut.from_schedule(s) for s in schedules]))
+
+
+# --- retrying -------------------------------------------------------------------------------
+
+
+async def retry_task(id: str) -> Response:
+    """POST /tasks/{id}/retry: a failed or cancelled task, pending again."""
+    record = await state().engine.retry(_task_id(id))
+    return json_response(TaskOut.from_record(record))
+
+
+async def retry_tasks() -> Response:
+    """POST /tasks/retry: count (without expect) or retry (with the confirmed count)."""
+    body = await _body(RetryTasks)
+    result = await state().engine.retry_many(
+        queue=body.queue, status=body.status, kind=body.kind, expect=body.expect
+    )
+    return json_response(BulkRetryOut.from_result(result))

@@ -13,7 +13,14 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StrictInt
 from pydantic.alias_generators import to_camel
 
-from iron_defer_trio.domain import AuditEntry, QueueStatistics, TaskRecord, TaskStatus
+from iron_defer_trio.domain import (
+    MAX_BULK_RETRY,
+    AuditEntry,
+    BulkRetry,
+    QueueStatistics,
+    TaskRecord,
+    TaskStatus,
+)
 from iron_defer_trio.domain.limits import (
     MAX_ATTEMPTS_LIMIT,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -280,3 +287,32 @@ class PeriodicList(WireModel):
     """GET /periodic."""
 
     schedules: list[PeriodicOut]
+
+
+class RetryTasks(WireModel):
+    """Body of POST /tasks/retry: the filter, and the confirmed count."""
+
+    queue: str = Field(min_length=1, max_length=128)
+    #: Which finished tasks to run again.
+    status: Literal["failed", "cancelled"] = "failed"
+    #: Only tasks of this kind (null: every kind).
+    kind: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[^\x00]*$")
+    #: The number of tasks a previous call (without ``expect``) reported as ``matched``.
+    #: Absent: nothing changes, the answer only counts.
+    expect: StrictInt | None = Field(default=None, ge=0, le=MAX_BULK_RETRY)
+
+
+class BulkRetryOut(WireModel):
+    """Answer of POST /tasks/retry."""
+
+    #: Tasks the filter matches, at most the bulk limit; confirm it as ``expect``.
+    matched: int
+    #: More tasks match than one call retries: the oldest-finished ``matched`` are taken.
+    more: bool
+    #: Tasks made pending again (0 when ``expect`` was absent).
+    retried: int
+
+    @classmethod
+    def from_result(cls, result: BulkRetry) -> BulkRetryOut:
+        """Convert the engine's result."""
+        return cls(matched=result.matched, more=result.more, retried=result.retried)

@@ -119,6 +119,14 @@ POOL_WAITING = MetricSpec(
     ("worker_id",),
 )
 
+TASKS_DELETED = MetricSpec(
+    "iron_defer_tasks_deleted_total",
+    "counter",
+    "Finished tasks the sweeper deleted because they were older than their status's "
+    "retention (status: completed, failed or cancelled).",
+    ("status",),
+)
+
 #: Every metric, for the reference page and its test.
 ALL: tuple[MetricSpec, ...] = (
     TASK_DURATION,
@@ -136,6 +144,7 @@ ALL: tuple[MetricSpec, ...] = (
     POOL_IDLE,
     POOL_IN_USE,
     POOL_WAITING,
+    TASKS_DELETED,
 )
 
 
@@ -195,6 +204,9 @@ class Metrics:
         )
         self.lease_recoveries = meter.create_counter(
             LEASE_RECOVERIES.name, description=LEASE_RECOVERIES.description
+        )
+        self.tasks_deleted = meter.create_counter(
+            TASKS_DELETED.name, description=TASKS_DELETED.description
         )
         # Observable instruments exist once per provider (a second registration of the same
         # name would be ignored with its callback); engines come and go as sources instead.

@@ -30,7 +30,7 @@ from iron_defer_trio.store._bridge import Bridge, open_bridge
 from iron_defer_trio.store._ids import uuid7
 from iron_defer_trio.store._migrate import MigrationReport, apply_migrations, load_migrations
 from iron_defer_trio.store._pool import ConnectionPool
-from iron_defer_trio.store._queries import TASKS
+from iron_defer_trio.store._queries import OPERATIONS, TASKS
 from iron_defer_trio.store.protocol import (
     CancelResult,
     ExpiredSuspension,
@@ -42,6 +42,7 @@ from iron_defer_trio.store.protocol import (
     OutcomeKind,
     PeriodicFire,
     RecoveredTask,
+    RetryResult,
     SignalResult,
 )
 
@@ -635,6 +636,46 @@ class PostgresStore:
         )
         return PeriodicFire(fenced=row["fenced"], task_id=row["task_id"])
 
+    # --- operations (operations.sql) -------------------------------------------------------
+
+    async def _operation(self, query: str, *args: Any) -> list[Any]:
+        return await self._run(_aio_fetch, OPERATIONS[query], args)
+
+    async def retry(self, task_id: UUID) -> RetryResult:
+        retried, current = await self._run(
+            _aio_change_or_read, OPERATIONS["retry"], task_id, self._settings.audit_log
+        )
+        return RetryResult(
+            retried=None if retried is None else _record(retried),
+            current=None if current is None else _record(current),
+        )
+
+    async def count_retryable(
+        self, *, queue: str, status: TaskStatus, kind: str | None, most: int
+    ) -> int:
+        rows = await self._operation("count_retryable", queue, status.value, kind, most)
+        return int(rows[0]["matched"])
+
+    async def retry_many(
+        self,
+        *,
+        queue: str,
+        status: TaskStatus,
+        kind: str | None,
+        expect: int,
+        cap: int,
+    ) -> tuple[int, int]:
+        rows = await self._operation(
+            "retry_many", queue, status.value, kind, expect, cap, self._settings.audit_log
+        )
+        return int(rows[0]["matched"]), int(rows[0]["retried"])
+
+    async def delete_finished(
+        self, *, status: TaskStatus, older_than: float, limit: int, now: datetime | None = None
+    ) -> int:
+        rows = await self._operation("delete_finished", now, status.value, older_than, limit)
+        return int(rows[0]["deleted"])
+
 
 def _schedule(row: Any) -> PeriodicSchedule:
     return PeriodicSchedule.model_validate(dict(row))
@@ -679,3 +720,12 @@ async def migrate(settings: DatabaseSettings) -> MigrationReport:
 
 
 __all__ = ["CANCEL_CHANNEL", "CHANNEL", "PostgresStore", "migrate", "open_postgres_store"]
+
+
+async def _aio_change_or_read(conn: _Conn, sql: str, task_id: UUID, *args: Any) -> tuple[Any, Any]:
+    """Run a guarded change of one task (``sql`` with ``task_id, *args``); when it changed
+    nothing, read the task in the same crossing, to tell "absent" from "wrong status"."""
+    row = await conn.fetchrow(sql, task_id, *args)
+    if row is not None:
+        return row, None
+    return None, await conn.fetchrow(TASKS["get"], task_id)

@@ -95,5 +95,7 @@ class Queries:
 
 #: Queries the task store runs.
 TASKS = Queries("tasks.sql", "queues.sql", "periodic.sql")
+#: Operators' queries: manual retries and retention.
+OPERATIONS = Queries("operations.sql")
 #: Queries the migration runner runs.
 MIGRATE = Queries("migrate.sql")

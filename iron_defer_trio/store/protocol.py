@@ -46,6 +46,7 @@ __all__ = [
     "OutcomeKind",
     "PeriodicFire",
     "RecoveredTask",
+    "RetryResult",
     "SignalResult",
     "StoreTransaction",
     "TaskStore",
@@ -150,6 +151,16 @@ class ExpiredSuspension:
     queue: str
     kind: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """What a retry found: exactly one field is set, or neither (no such task)."""
+
+    #: The task, pending again with a new attempt budget.
+    retried: TaskRecord | None
+    #: The task as it is (it was not failed or cancelled).
+    current: TaskRecord | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,4 +423,36 @@ class TaskStore(Protocol):
         """Handle one fire time: advance the schedule's fence to ``fire_at`` unless it is
         already there or later, and in the same statement enqueue its task (scheduled at
         ``fire_at``) when ``enqueue``. Exactly one caller wins each fire time."""
+        ...
+
+    async def retry(self, task_id: UUID) -> RetryResult:
+        """Make a failed or cancelled task pending again, due now, with attempts back to 0,
+        and wake its queue's workers; otherwise read the task as it is."""
+        ...
+
+    async def count_retryable(
+        self, *, queue: str, status: TaskStatus, kind: str | None, most: int
+    ) -> int:
+        """How many tasks of ``queue`` in ``status`` (and of ``kind``) match, counting no
+        further than ``most``."""
+        ...
+
+    async def retry_many(
+        self,
+        *,
+        queue: str,
+        status: TaskStatus,
+        kind: str | None,
+        expect: int,
+        cap: int,
+    ) -> tuple[int, int]:
+        """Retry the oldest-finished ``cap`` matching tasks in one statement, only when
+        exactly ``expect`` match (rows locked first); return (matched, retried)."""
+        ...
+
+    async def delete_finished(
+        self, *, status: TaskStatus, older_than: float, limit: int, now: datetime | None = None
+    ) -> int:
+        """Delete up to ``limit`` tasks of final ``status`` that finished more than
+        ``older_than`` seconds before ``now``; return how many were deleted."""
         ...

@@ -71,3 +71,14 @@ def test_cancel_benchmark_runs_and_reports_both_delays(tmp_path: Path) -> None:
     assert 0 < seen["p50"] <= seen["max"] < 5000
     assert 0 < final["p50"] <= final["max"] < 5000
     assert "trio.Cancelled" in (tmp_path / "cancel.md").read_text()
+
+
+def test_retention_benchmark_runs_and_reports_every_table_state(tmp_path: Path) -> None:
+    _run("retention", tmp_path, "--finished", "2000", "--tasks", "200", "--repeat", "1")
+    results = json.loads((tmp_path / "retention.json").read_text())
+    assert results["retention"]["deleted"] == 2000 + 200  # the history and its drain
+    for state in ("empty", "history", "after_retention"):
+        assert results[state]["rate"] > 0
+        assert results[state]["claim_ms"]["p50"] > 0
+    assert results["history"]["ratio"] > 0 and results["after_retention"]["ratio"] > 0
+    assert "| after retention deleted them |" in (tmp_path / "retention.md").read_text()

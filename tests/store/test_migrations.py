@@ -21,7 +21,7 @@ import trio
 import iron_defer_trio as iron_defer
 from iron_defer_trio.errors import MigrationError, StoreUnavailable
 from iron_defer_trio.store._migrate import MigrationReport, load_migrations
-from iron_defer_trio.store._queries import MIGRATE, TASKS, Query
+from iron_defer_trio.store._queries import MIGRATE, OPERATIONS, TASKS, Query
 from tests import pg
 from tests.store._support import module_database, parameter_count
 
@@ -44,6 +44,7 @@ EXPECTED_INDEXES = {
     ("tasks", "tasks_suspended_idx"),
     ("queue_pauses", "queue_pauses_pkey"),
     ("periodic_schedules", "periodic_schedules_pkey"),
+    ("tasks", "tasks_retention_idx"),
 }
 
 EXPECTED_CHECKS = {
@@ -120,8 +121,31 @@ async def test_migrate_creates_the_schema_tables_indexes_and_constraints(empty_u
     assert "(queue, status, id)" in definitions["tasks_queue_status_idx"]
     assert "UNIQUE INDEX" in definitions["tasks_idempotency_idx"]
     assert "(queue, idempotency_key)" in definitions["tasks_idempotency_idx"]
+    assert "(status, finished_at)" in definitions["tasks_retention_idx"]
+    assert "WHERE (finished_at IS NOT NULL)" in definitions["tasks_retention_idx"]
     assert {c["conname"] for c in checks} == EXPECTED_CHECKS
     assert primary == "PRIMARY KEY (id)"
+
+
+async def test_migrate_sets_the_tasks_tables_autovacuum_thresholds(empty_url: str) -> None:
+    """The tasks table is vacuumed and analyzed after a fixed number of changed rows rather
+    than a fraction of its size (docs/guides/retention.md), and keeps these settings."""
+    with trio.fail_after(15):
+        await iron_defer.migrate(empty_url)
+        async with pg.connect(empty_url) as db:
+            options = await db.fetchval(
+                "SELECT reloptions FROM pg_class WHERE oid = 'iron_defer.tasks'::regclass"
+            )
+    assert sorted(options) == sorted(
+        [
+            "autovacuum_vacuum_scale_factor=0.01",
+            "autovacuum_vacuum_threshold=1000",
+            "autovacuum_vacuum_insert_scale_factor=0.01",
+            "autovacuum_vacuum_insert_threshold=1000",
+            "autovacuum_analyze_scale_factor=0.02",
+            "autovacuum_analyze_threshold=1000",
+        ]
+    )
 
 
 async def test_migrate_records_each_migration_with_its_checksum(empty_url: str) -> None:
@@ -231,6 +255,7 @@ def _documented_parameters(query: Query) -> int:
 
 QUERIES = {
     **{f"tasks.{n}": q for n, q in TASKS.all().items()},
+    **{f"operations.{n}": q for n, q in OPERATIONS.all().items()},
     **{f"migrate.{n}": q for n, q in MIGRATE.all().items()},
 }
 

@@ -11,7 +11,7 @@ import pytest
 
 import iron_defer_trio
 from iron_defer_trio.store import _queries
-from iron_defer_trio.store._queries import MIGRATE, TASKS, Queries, Query, parse
+from iron_defer_trio.store._queries import MIGRATE, OPERATIONS, TASKS, Queries, Query, parse
 
 PACKAGE_DIR = Path(iron_defer_trio.__file__).parent
 
@@ -113,7 +113,9 @@ def test_a_later_block_does_not_inherit_the_previous_statement() -> None:
 # --- the shipped files -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queries", [TASKS, MIGRATE], ids=["tasks.sql", "migrate.sql"])
+@pytest.mark.parametrize(
+    "queries", [TASKS, OPERATIONS, MIGRATE], ids=["tasks.sql", "operations.sql", "migrate.sql"]
+)
 def test_shipped_files_load_with_purpose_and_params_for_every_query(queries: Queries) -> None:
     """Every shipped query has a non-empty purpose, params line and statement."""
     loaded = queries.all()
@@ -129,13 +131,13 @@ def test_shipped_files_load_with_purpose_and_params_for_every_query(queries: Que
 def test_shipped_sql_files_are_exactly_the_loaded_ones() -> None:
     """Every .sql file in store/sql is loaded by some Queries instance (none is forgotten)."""
     on_disk = {path.name for path in (PACKAGE_DIR / "store" / "sql").glob("*.sql")}
-    loaded = {query.source for q in (TASKS, MIGRATE) for query in q.all().values()}
+    loaded = {query.source for q in (TASKS, OPERATIONS, MIGRATE) for query in q.all().values()}
     assert loaded == {f"sql/{name}" for name in on_disk}
 
 
 def test_parameters_used_are_documented_in_the_params_line() -> None:
     """Every $n placeholder in a statement appears in its '-- params:' line."""
-    for queries in (TASKS, MIGRATE):
+    for queries in (TASKS, OPERATIONS, MIGRATE):
         for name, query in queries.all().items():
             used = set(re.findall(r"\$\d+", query.sql))
             documented = set(re.findall(r"\$\d+", query.params))
@@ -246,4 +248,4 @@ def test_loader_module_reads_sql_from_package_resources() -> None:
     )
     assert "tasks.sql" in store_files
     loaded = [name for filename in store_files for name in _queries.load(filename)]
-    assert sorted(loaded) == sorted(TASKS.all())
+    assert sorted(loaded) == sorted([*TASKS.all(), *OPERATIONS.all()])

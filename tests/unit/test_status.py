@@ -32,11 +32,16 @@ def test_transition_table_covers_every_status() -> None:
         assert targets <= set(TaskStatus)
 
 
-@pytest.mark.parametrize("status", sorted(FINAL))
-def test_final_statuses_have_no_outgoing_transitions(status: TaskStatus) -> None:
-    """Nothing moves a completed, failed or cancelled task on."""
-    assert TRANSITIONS[status] == frozenset()
-    assert not any(can_transition(status, new) for new in TaskStatus)
+def test_completed_tasks_have_no_outgoing_transitions() -> None:
+    """Nothing moves a completed task on, not even a retry."""
+    assert TRANSITIONS[TaskStatus.COMPLETED] == frozenset()
+    assert not any(can_transition(TaskStatus.COMPLETED, new) for new in TaskStatus)
+
+
+@pytest.mark.parametrize("status", [TaskStatus.FAILED, TaskStatus.CANCELLED])
+def test_failed_and_cancelled_tasks_only_go_back_to_pending(status: TaskStatus) -> None:
+    """An operator's retry is the one way out of failed and cancelled: pending again."""
+    assert TRANSITIONS[status] == frozenset({TaskStatus.PENDING})
 
 
 @pytest.mark.parametrize("status", list(TaskStatus))
@@ -55,7 +60,8 @@ def test_non_final_statuses_can_all_move_somewhere() -> None:
 
 def test_engine_transitions_are_exactly_the_documented_ones() -> None:
     """Claim/cancel from pending; complete/retry/fail/suspend/cancel from running; signal,
-    cancel and suspend timeout from suspended; nothing else."""
+    cancel and suspend timeout from suspended; an operator's retry from failed and cancelled;
+    nothing else."""
     allowed = {(old, new) for old in TaskStatus for new in TaskStatus if can_transition(old, new)}
     assert allowed == {
         (TaskStatus.PENDING, TaskStatus.RUNNING),
@@ -68,12 +74,16 @@ def test_engine_transitions_are_exactly_the_documented_ones() -> None:
         (TaskStatus.SUSPENDED, TaskStatus.PENDING),
         (TaskStatus.SUSPENDED, TaskStatus.CANCELLED),
         (TaskStatus.SUSPENDED, TaskStatus.FAILED),
+        (TaskStatus.FAILED, TaskStatus.PENDING),
+        (TaskStatus.CANCELLED, TaskStatus.PENDING),
     }
 
 
 def test_pending_task_cannot_complete_or_fail_without_running() -> None:
-    """Completion and failure only end an attempt; a cancelled task cannot come back."""
-    assert not can_transition(TaskStatus.CANCELLED, TaskStatus.PENDING)
+    """Completion and failure only end an attempt; a finished task never runs again
+    directly (a retry makes it pending first)."""
+    assert not can_transition(TaskStatus.CANCELLED, TaskStatus.RUNNING)
+    assert not can_transition(TaskStatus.FAILED, TaskStatus.RUNNING)
     assert not can_transition(TaskStatus.PENDING, TaskStatus.COMPLETED)
     assert not can_transition(TaskStatus.PENDING, TaskStatus.FAILED)
 

@@ -295,9 +295,11 @@ class Engine:
         kinds = list(self.registry.kinds)
         while True:
             self._check_open()
+            # Read the activity before making tasks due: an outcome written after make_due
+            # (a retry scheduled in the future) must show as activity, not pass as idle.
+            before = self._activity()
             if include_scheduled:
                 await self._store.make_due(queues)
-            before = self._activity()
             if before is not None:
                 due = await self._store.count_due(queues, kinds, region=self.settings.worker.region)
                 # Idle only if nothing was claimed or written while we counted: a task that

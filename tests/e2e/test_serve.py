@@ -369,6 +369,12 @@ def test_metrics_scraped_from_the_server_have_every_documented_name(
         uuid.UUID(orphan),
     )
     ids.append(orphan)
+    pg.fetch_sync(  # history past retention (failed: 7 days), for the sweeper to delete
+        database_url,
+        "INSERT INTO iron_defer.tasks (id, queue, kind, payload, max_attempts, status, attempts,"
+        " last_error, finished_at) VALUES (gen_random_uuid(), 'default', 'echo', '{}', 1,"
+        " 'failed', 1, 'old', now() - interval '30 days') RETURNING id",
+    )
     wait_for(
         lambda: all(
             server.request("GET", f"/tasks/{i}").json()["status"] == "completed" for i in ids
@@ -382,11 +388,13 @@ def test_metrics_scraped_from_the_server_have_every_documented_name(
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 samples.setdefault(sample.name, []).append(sample)
-        # Wait for a gauge refresh after the work: nothing running any more.
+        # Wait for a gauge refresh after the work (nothing running any more) and for a sweep
+        # after the old history went in (it is deleted).
         running = samples.get("iron_defer_tasks_running")
-        return running is not None and sum(s.value for s in running) == 0
+        idle = running is not None and sum(s.value for s in running) == 0
+        return idle and "iron_defer_tasks_deleted_total" in samples
 
-    wait_for(scrape, timeout=10)
+    wait_for(scrape, timeout=20)
     expected = {spec.name + ("_count" if spec.kind == "histogram" else "") for spec in ALL}
     assert expected <= set(samples), expected - set(samples)
     assert not any("_total_total" in name or "_seconds_seconds" in name for name in samples)
@@ -409,6 +417,7 @@ def test_metrics_scraped_from_the_server_have_every_documented_name(
     assert value("iron_defer_task_failures_total", **flaky) == 1
     assert value("iron_defer_task_retries_total", **flaky) == 1
     assert value("iron_defer_lease_recoveries_total", queue="default", status="pending") == 1
+    assert value("iron_defer_tasks_deleted_total", status="failed") == 1
     assert value("iron_defer_task_duration_seconds_count", outcome="completed", **echo) == 4
     assert value("iron_defer_task_duration_seconds_count", outcome="retry", **flaky) == 1
     assert value("iron_defer_queue_wait_seconds_count", queue="default") == 6

@@ -34,6 +34,7 @@ from iron_defer_trio.http._schemas import (
     TaskOut,
     TaskPage,
 )
+from iron_defer_trio.http.ui import UI_PREFIX, create_dashboard
 from iron_defer_trio.observability import default_logger
 
 if TYPE_CHECKING:
@@ -347,9 +348,15 @@ def create_app(
             methods=[route.method],
         )
 
+    # The dashboard: browser pages outside ROUTES and the OpenAPI document, with its own
+    # cookie login over the same token (a browser cannot send a bearer header).
+    app.register_blueprint(create_dashboard(settings, logger))
+
     @app.before_request
     async def authenticate() -> Response | None:
         if token is None or request.path in public:
+            return None
+        if request.path == UI_PREFIX or request.path.startswith(f"{UI_PREFIX}/"):
             return None
         headers = request.headers.getlist("Authorization")
         # Several Authorization headers are ambiguous (proxies disagree on which one wins).

@@ -51,7 +51,7 @@ async def open_dashboard(
 
 async def _page(client: TestClientProtocol, path: str) -> tuple[int, str]:
     response = await client.get(path)
-    return response.status_code, (await response.get_data()).decode()
+    return response.status_code, await response.get_data(as_text=True)
 
 
 async def _csrf(client: TestClientProtocol, path: str) -> str:
@@ -203,12 +203,12 @@ async def test_cancel_needs_the_csrf_token_and_then_cancels_the_row(
     assert after == "cancelled"
     # Cancelling twice is a conflict, answered with a page that says why.
     assert again.status_code == 409
-    assert "cannot be cancelled" in (await again.get_data()).decode()
+    assert "cannot be cancelled" in await again.get_data(as_text=True)
 
 
 async def test_retry_signal_pause_and_resume_change_the_rows(database_url: str, db: Db) -> None:
     with trio.fail_after(20):
-        async with open_dashboard(database_url) as (client, engine):
+        async with open_dashboard(database_url) as (client, _):
             await db.add_finished(1, "failed", queue="mail", kind="send_email")
             failed_id = await db.fetchval("SELECT id FROM iron_defer.tasks")
             token = await _csrf(client, f"/ui/tasks/{failed_id}/retry")
@@ -231,7 +231,7 @@ async def test_retry_signal_pause_and_resume_change_the_rows(database_url: str, 
     assert resumed.status_code == 303 and pauses_after == 0
     assert not_suspended.status_code == 409
     assert bad_json.status_code == 422
-    assert "not valid JSON" in (await bad_json.get_data()).decode()
+    assert "not valid JSON" in await bad_json.get_data(as_text=True)
 
 
 # --- login ------------------------------------------------------------------------------------

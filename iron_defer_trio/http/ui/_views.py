@@ -208,7 +208,13 @@ def create_dashboard(settings: Settings, log: Logger) -> Blueprint:
         else:
             title, detail = "Something went wrong", "An unexpected error occurred; it is logged."
         if status >= 500:
-            log.error("ui_request_failed", path=request.path, code=code, error=type(exc).__name__)
+            log.error(
+                "request_failed",
+                path=request.path,
+                method=request.method,
+                code=code,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         return await render_template(
             "ui/error.html", title=title, detail=detail, task_id=getattr(exc, "task_id", None)
         ), status

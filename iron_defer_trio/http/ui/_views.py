@@ -181,6 +181,7 @@ def create_dashboard(settings: Settings, log: Logger) -> Blueprint:
             "notice": NOTICES.get(request.args.get("notice", "")),
             "refresh_ms": REFRESH_MS,
             "ago": _ago,
+            "rate": _rate,
             "when": _when,
         }
 
@@ -524,6 +525,15 @@ def _ago(seconds: float | None) -> str:
     if whole < 86400:
         return f"{whole // 3600} h {whole % 3600 // 60} min"
     return f"{whole // 86400} d {whole % 86400 // 3600} h"
+
+
+def _rate(per_second: float) -> str:
+    """Completions per second with enough digits that a slow queue does not read as idle."""
+    if per_second == 0:
+        return "0"
+    if per_second < 0.01:
+        return f"{per_second:.3f}"
+    return f"{per_second:.2f}" if per_second < 10 else f"{per_second:.1f}"
 
 
 def _when(moment: datetime | None) -> str:

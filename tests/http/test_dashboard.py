@@ -4,11 +4,13 @@ when an API token is set, and that none of it leaks into the REST API's descript
 
 from __future__ import annotations
 
+import json
 import re
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import trio
 
 import iron_defer_trio as iron_defer
@@ -281,3 +283,40 @@ async def test_dashboard_routes_stay_out_of_the_openapi_document(database_url: s
             css = await client.get("/ui/static/ui.css")
     assert not [path for path in document["paths"] if path.startswith("/ui")]
     assert css.status_code == 200
+
+
+async def test_signal_resumes_a_suspended_task_with_the_json_payload(
+    database_url: str, db: Db
+) -> None:
+    with trio.fail_after(20):
+        async with open_dashboard(database_url) as (client, engine):
+            task = await engine.enqueue("mail", SendEmail(to="a"))
+            await db.execute(
+                "UPDATE iron_defer.tasks SET status = 'suspended', suspended_at = now() "
+                "WHERE id = $1",
+                task.id,
+            )
+            _, page = await _page(client, f"/ui/tasks/{task.id}")
+            token = await _csrf(client, f"/ui/tasks/{task.id}/signal")
+            done = await client.post(
+                f"/ui/tasks/{task.id}/signal",
+                form={"csrf": token, "payload": '{"approved": true}'},
+            )
+            row = await db.fetchrow(
+                "SELECT status, signal_payload FROM iron_defer.tasks WHERE id = $1", task.id
+            )
+    assert f"/ui/tasks/{task.id}/signal" in page and f"/ui/tasks/{task.id}/cancel" in page
+    assert done.status_code == 303
+    assert done.headers["Location"] == f"/ui/tasks/{task.id}?notice=signalled"
+    assert row["status"] == "pending"
+    assert json.loads(row["signal_payload"]) == {"approved": True}
+
+
+async def test_queue_throughput_refuses_a_window_outside_one_to_a_thousand_buckets(
+    database_url: str,
+) -> None:
+    with trio.fail_after(20):
+        async with open_dashboard(database_url) as (_, engine):
+            for window, bucket in ((5.0, 10.0), (60.0, 0.0), (1e6, 1.0)):
+                with pytest.raises(iron_defer.InvalidTaskError):
+                    await engine.queue_throughput(window=window, bucket=bucket)

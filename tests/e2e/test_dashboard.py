@@ -180,7 +180,10 @@ def test_filter_the_list_retry_a_failed_task_and_cancel_a_pending_one(
         expect(rows.first).to_have_attribute("data-task", failing)
         # Auto-refresh keeps the filter: a new task of another status never shows up here.
         enqueue(server, "echo", {"message": "later"})
-        page.wait_for_timeout(4500)
+        stamp = page.locator("#refreshed")
+        for _ in range(2):  # two refreshes: the second surely began after the enqueue
+            before = stamp.inner_text()
+            expect(stamp).not_to_have_text(before)
         expect(rows).to_have_count(1)
         expect(page.get_by_label("Status")).to_have_value("failed")
         snap(page, "tasks-failed")

@@ -177,7 +177,9 @@ async def test_unknown_and_malformed_task_ids_get_a_friendly_not_found_page(
                 client, "/ui/tasks/0190f0c4-0000-7000-8000-000000000000"
             )
             malformed, _ = await _page(client, "/ui/tasks/not-an-id")
-    assert (missing, malformed) == (404, 404)
+            nowhere, nowhere_html = await _page(client, "/ui/no/such/page")
+    assert (missing, malformed, nowhere) == (404, 404, 404)
+    assert "Page not found" in nowhere_html
     assert "Task not found" in missing_html and "<html" in missing_html
 
 

@@ -428,6 +428,15 @@ def create_dashboard(settings: Settings, log: Logger) -> Blueprint:
     return ui
 
 
+async def not_found_page() -> Response:
+    """The dashboard's 404 page, for a /ui path no route matches (the app's handler calls
+    this, since no blueprint view ran)."""
+    body = await render_template(
+        "ui/error.html", title="Page not found", detail="There is no dashboard page here."
+    )
+    return Response(body, status=404, content_type="text/html; charset=utf-8")
+
+
 # --- helpers --------------------------------------------------------------------------------
 
 

@@ -239,6 +239,9 @@ class ServerSettings(_Section):
     max_body_bytes: Integer = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: How long the readiness probe waits for the database before answering 503.
     ready_timeout: Seconds = Field(default=2.0, gt=0, le=60)
+    #: Show task payloads, checkpoints and signal payloads on the dashboard (``/ui``). Off by
+    #: default, as in the logs: payloads may hold personal data.
+    ui_show_payloads: bool = False
 
     @field_validator("api_token")
     @classmethod

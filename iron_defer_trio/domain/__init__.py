@@ -21,6 +21,7 @@ from iron_defer_trio.domain.task import EnqueuedTask as EnqueuedTask
 from iron_defer_trio.domain.task import NewTask as NewTask
 from iron_defer_trio.domain.task import PoolStatistics as PoolStatistics
 from iron_defer_trio.domain.task import QueueStatistics as QueueStatistics
+from iron_defer_trio.domain.task import QueueThroughput as QueueThroughput
 from iron_defer_trio.domain.task import Task as Task
 from iron_defer_trio.domain.task import TaskContext as TaskContext
 from iron_defer_trio.domain.task import TaskLogger as TaskLogger
@@ -37,6 +38,7 @@ __all__ = [
     "NewTask",
     "PoolStatistics",
     "QueueStatistics",
+    "QueueThroughput",
     "RetryPolicy",
     "Task",
     "TaskContext",

@@ -302,6 +302,24 @@ class QueueStatistics(BaseModel):
     paused_at: datetime | None = None
 
 
+class QueueThroughput(BaseModel):
+    """Tasks one queue completed in consecutive time buckets of the recent past."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    #: Length of one bucket, in seconds.
+    bucket_seconds: float
+    #: Completions per bucket, oldest first; the last bucket ends now.
+    completed: tuple[int, ...]
+
+    @property
+    def per_second(self) -> float:
+        """Mean completions per second over the whole window."""
+        window = self.bucket_seconds * len(self.completed)
+        return sum(self.completed) / window if window else 0.0
+
+
 class PoolStatistics(BaseModel):
     """The engine's connection pool, read from memory."""
 

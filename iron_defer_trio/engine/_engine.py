@@ -42,6 +42,7 @@ from iron_defer_trio.domain import (
     EnqueuedTask,
     NewTask,
     QueueStatistics,
+    QueueThroughput,
     Task,
     TaskRecord,
     TaskStatus,
@@ -974,6 +975,25 @@ class Engine:
         tasks). A paused queue is listed even when it holds no task."""
         self._check_open()
         return await self._store.queue_statistics(by_region=by_region)
+
+    async def queue_throughput(
+        self, *, window: float = 300.0, bucket: float = 10.0
+    ) -> builtins.list[QueueThroughput]:
+        """Tasks completed per queue in ``bucket``-second buckets over the last ``window``
+        seconds (oldest first, the last bucket ending now), computed from the tasks' finish
+        times; no history is kept beyond the rows retention leaves. Queues that completed
+        nothing in the window are absent.
+
+        Raises:
+            InvalidTaskError: ``bucket`` is not positive, or ``window`` is not between one
+                bucket and 1000 buckets.
+        """
+        if not bucket > 0 or not bucket <= window <= bucket * 1000:
+            raise InvalidTaskError(
+                f"need 0 < bucket <= window <= 1000 buckets, got window={window} bucket={bucket}"
+            )
+        self._check_open()
+        return await self._store.queue_throughput(window=window, bucket=bucket)
 
     async def pause_queue(self, queue: str) -> QueueStatistics:
         """Pause ``queue`` on every engine: none claims from it until :meth:`resume_queue`

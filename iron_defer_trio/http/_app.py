@@ -34,6 +34,7 @@ from iron_defer_trio.http._schemas import (
     TaskOut,
     TaskPage,
 )
+from iron_defer_trio.http.ui import UI_PREFIX, create_dashboard, not_found_page
 from iron_defer_trio.observability import default_logger
 
 if TYPE_CHECKING:
@@ -347,9 +348,15 @@ def create_app(
             methods=[route.method],
         )
 
+    # The dashboard: browser pages outside ROUTES and the OpenAPI document, with its own
+    # cookie login over the same token (a browser cannot send a bearer header).
+    app.register_blueprint(create_dashboard(settings, logger))
+
     @app.before_request
     async def authenticate() -> Response | None:
         if token is None or request.path in public:
+            return None
+        if _is_dashboard(request.path):
             return None
         headers = request.headers.getlist("Authorization")
         # Several Authorization headers are ambiguous (proxies disagree on which one wins).
@@ -397,6 +404,8 @@ def create_app(
                 headers={"Allow": allowed},
             )
         if isinstance(exc, NotFound):
+            if _is_dashboard(request.path):
+                return await not_found_page()
             return problem_response("NOT_FOUND", f"no endpoint at {request.path}")
         if exc.code is not None and exc.code < 500:
             return problem_response("MALFORMED_JSON", exc.description or "bad request")
@@ -415,6 +424,10 @@ def create_app(
         return problem_response("INTERNAL_ERROR", "unexpected error")
 
     return app
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == UI_PREFIX or path.startswith(f"{UI_PREFIX}/")
 
 
 def _no_metrics() -> tuple[bytes, str]:

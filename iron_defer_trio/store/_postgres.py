@@ -20,6 +20,7 @@ from iron_defer_trio.domain import (
     NewTask,
     PoolStatistics,
     QueueStatistics,
+    QueueThroughput,
     TaskRecord,
     TaskStatus,
 )
@@ -539,6 +540,21 @@ class PostgresStore:
                 paused_at=row["paused_at"],
             )
             for row in rows
+        ]
+
+    async def queue_throughput(self, *, window: float, bucket: float) -> list[QueueThroughput]:
+        buckets = max(1, round(window / bucket))
+        counts: dict[str, list[int]] = {}
+        for row in await self._fetch("queue_throughput", float(window), float(bucket)):
+            # A row finished exactly `window` ago (or a clock step) may land one bucket past
+            # the last: it is dropped rather than widen the window.
+            ago = row["ago"]
+            if 0 <= ago < buckets:
+                series = counts.setdefault(row["queue"], [0] * buckets)
+                series[buckets - 1 - ago] += row["completed"]
+        return [
+            QueueThroughput(queue=queue, bucket_seconds=bucket, completed=tuple(series))
+            for queue, series in sorted(counts.items())
         ]
 
     async def count_due(

@@ -94,7 +94,7 @@ class Queries:
 
 
 #: Queries the task store runs.
-TASKS = Queries("tasks.sql", "queues.sql", "periodic.sql")
+TASKS = Queries("tasks.sql", "queues.sql", "periodic.sql", "dashboard.sql")
 #: Operators' queries: manual retries and retention.
 OPERATIONS = Queries("operations.sql")
 #: Queries the migration runner runs.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         NewTask,
         PoolStatistics,
         QueueStatistics,
+        QueueThroughput,
         TaskRecord,
         TaskStatus,
     )
@@ -373,6 +374,11 @@ class TaskStore(Protocol):
     async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
         """Counts per queue (per queue and region with ``by_region``), with paused queues
         listed even when empty."""
+        ...
+
+    async def queue_throughput(self, *, window: float, bucket: float) -> list[QueueThroughput]:
+        """Completions per queue in ``bucket``-second buckets over the last ``window``
+        seconds, oldest bucket first; queues without a completion in the window are absent."""
         ...
 
     async def pause_queue(self, queue: str) -> datetime:

@@ -58,3 +58,13 @@ def test_wheel_declares_the_console_script(wheel: zipfile.ZipFile) -> None:
     """`iron-defer-trio` is installed as a command."""
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     assert "iron-defer-trio = iron_defer_trio.cli:main" in wheel.read(entry_points).decode()
+
+
+def test_wheel_ships_the_dashboard_templates_and_static_files(wheel: zipfile.ZipFile) -> None:
+    """`serve` renders /ui from files inside the package: every template and static file."""
+    names = set(wheel.namelist())
+    ui = ROOT / "iron_defer_trio" / "http" / "ui"
+    shipped = [p for d in ("templates", "static") for p in (ui / d).rglob("*") if p.is_file()]
+    assert len(shipped) >= 8
+    for path in shipped:
+        assert f"{path.relative_to(ROOT).as_posix()}" in names

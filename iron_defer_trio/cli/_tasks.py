@@ -72,6 +72,15 @@ def list_tasks(
         str | None,
         typer.Option("--kind", metavar="KIND", help="Only this kind.", show_default=False),
     ] = None,
+    id_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--id-prefix",
+            metavar="HEX",
+            help="Only tasks whose id starts with these hexadecimal digits (dashes allowed).",
+            show_default=False,
+        ),
+    ] = None,
     limit: PageLimit = DEFAULT_PAGE,
     cursor: Annotated[
         str | None,
@@ -90,7 +99,7 @@ def list_tasks(
     """List tasks, newest first, one page at a time."""
     before = None if cursor is None else parse_task_id(cursor)
     settings = database_settings(ctx)
-    page = run(_list, settings, queue, status, kind, limit, before)
+    page = run(_list, settings, queue, status, kind, limit, before, id_prefix)
     if as_json:
         print_json(page.to_json())
         return
@@ -109,11 +118,17 @@ async def _list(
     kind: str | None,
     limit: int,
     before: UUID | None,
+    id_prefix: str | None,
 ) -> TaskPage:
     async with open_producer(settings) as engine:
         # One more than the page tells whether another page follows, without a count(*).
         records = await engine.list(
-            queue=queue, status=status, kind=kind, limit=limit + 1, before=before
+            queue=queue,
+            status=status,
+            kind=kind,
+            limit=limit + 1,
+            before=before,
+            id_prefix=id_prefix,
         )
     return TaskPage.from_records(records, limit)
 

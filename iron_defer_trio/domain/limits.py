@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from uuid import UUID
 
 from iron_defer_trio.errors import InvalidTaskError
 
@@ -203,3 +204,18 @@ def validate_checkpoint_json(encoded: str) -> None:
         raise InvalidTaskError(
             "checkpoint contains a NUL character (\\u0000), which PostgreSQL cannot store"
         )
+
+
+_ID_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+
+
+def id_prefix_range(prefix: str) -> tuple[UUID, UUID]:
+    """The lowest and highest task ids that start with ``prefix`` (hexadecimal digits, dashes
+    ignored, as ids are printed), or raise :class:`InvalidTaskError`."""
+    digits = prefix.replace("-", "")
+    if not _ID_PREFIX.fullmatch(prefix) or not 1 <= len(digits) <= 32:
+        raise InvalidTaskError(
+            f"invalid id prefix {prefix[:40]!r}: use the first 1-32 hexadecimal digits of a "
+            "task id (dashes allowed)"
+        )
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))

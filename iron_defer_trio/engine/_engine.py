@@ -48,6 +48,7 @@ from iron_defer_trio.domain import (
     TaskStatus,
 )
 from iron_defer_trio.domain.limits import (
+    id_prefix_range,
     validate_idempotency_key,
     validate_kind,
     validate_max_attempts,
@@ -1054,6 +1055,7 @@ class Engine:
         kind: str | None = None,
         limit: int = 100,
         before: UUID | str | None = None,
+        id_prefix: str | None = None,
     ) -> builtins.list[TaskRecord]:
         """Tasks newest first, optionally filtered.
 
@@ -1061,6 +1063,8 @@ class Engine:
             limit: page size, 1..1000.
             before: keyset cursor: only tasks older than this id (pass the last id of the
                 previous page). Pages stay stable while new tasks arrive.
+            id_prefix: only tasks whose id starts with these hexadecimal digits (dashes as
+                printed are allowed), e.g. the first characters of an id from a log line.
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidTaskError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
@@ -1072,6 +1076,7 @@ class Engine:
             ) from None
         for name, value in (("queue", queue), ("kind", kind)):
             _check_filter(name, value)
+        id_range = None if id_prefix is None else id_prefix_range(id_prefix)
         self._check_open()
         return await self._store.list_tasks(
             queue=queue,
@@ -1079,6 +1084,7 @@ class Engine:
             kind=kind,
             before=None if before is None else _as_uuid(before),
             limit=limit,
+            id_range=id_range,
         )
 
     # --- periodic schedules ----------------------------------------------------------------

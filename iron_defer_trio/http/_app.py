@@ -104,6 +104,11 @@ ROUTES: tuple[Route, ...] = (
                 },
             ),
             QueryParam("kind", "Only this kind.", {"type": "string"}),
+            QueryParam(
+                "idPrefix",
+                "Only tasks whose id starts with these hexadecimal digits (dashes allowed).",
+                {"type": "string", "pattern": "^[0-9a-fA-F-]{1,36}$"},
+            ),
             _PAGE_LIMIT,
             QueryParam(
                 "cursor",

@@ -140,6 +140,8 @@ class ListQuery(WireModel):
     kind: _Filter | None = None
     limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
     cursor: UUID | None = None
+    #: The first hexadecimal digits of the ids wanted (dashes allowed).
+    id_prefix: str | None = Field(default=None, pattern=r"^[0-9a-fA-F-]{1,36}$")
 
 
 # --- tasks --------------------------------------------------------------------------------
@@ -229,6 +231,7 @@ async def list_tasks() -> Response:
         kind=query.kind,
         limit=query.limit + 1,
         before=query.cursor,
+        id_prefix=query.id_prefix,
     )
     return json_response(TaskPage.from_records(records, query.limit))
 

@@ -414,9 +414,11 @@ class PostgresStore:
         kind: str | None,
         before: UUID | None,
         limit: int,
+        id_range: tuple[UUID, UUID] | None = None,
     ) -> list[TaskRecord]:
+        low, high = (None, None) if id_range is None else id_range
         rows = await self._fetch(
-            "list", queue, None if status is None else status.value, kind, before, limit
+            "list", queue, None if status is None else status.value, kind, before, limit, low, high
         )
         return [_record(row) for row in rows]
 

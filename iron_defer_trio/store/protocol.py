@@ -297,8 +297,10 @@ class TaskStore(Protocol):
         kind: str | None,
         before: UUID | None,
         limit: int,
+        id_range: tuple[UUID, UUID] | None = None,
     ) -> list[TaskRecord]:
-        """Tasks newest first (by id), optionally filtered, strictly older than ``before``."""
+        """Tasks newest first (by id), optionally filtered, strictly older than ``before``,
+        with ids within ``id_range`` (inclusive) when given."""
         ...
 
     async def cancel(self, task_id: UUID) -> CancelResult:

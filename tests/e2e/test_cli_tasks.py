@@ -141,3 +141,19 @@ async def test_get_and_cancel_report_not_found_and_conflicts(
         for command in ("get", "cancel"):
             missing = await cli_async("tasks", command, MISSING_ID, cwd=tmp_path, env=env)
             assert_one_error_line(missing, 3, f"task {MISSING_ID} not found")
+
+
+async def test_tasks_list_finds_tasks_by_the_beginning_of_their_id(
+    database_url: str, open_test_engine: EngineFactory, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        async with open_test_engine(tasks=[], run_workers=False) as engine:
+            first = await engine.enqueue_payload(None, "job", {}, validate=False)
+            await engine.enqueue_payload(None, "job", {}, validate=False)
+        env = cli_env(DATABASE_URL=database_url)
+        whole = await cli_async(
+            "tasks", "list", "--id-prefix", str(first.id), "--json", cwd=tmp_path, env=env
+        )
+        bad = await cli_async("tasks", "list", "--id-prefix", "zz", cwd=tmp_path, env=env)
+    assert [item["id"] for item in ok_json(whole)["items"]] == [str(first.id)]
+    assert_one_error_line(bad, 2, "invalid id prefix")

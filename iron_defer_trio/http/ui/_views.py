@@ -296,11 +296,10 @@ def create_dashboard(settings: Settings, log: Logger) -> Blueprint:
                     kind=filters["kind"] or None,
                     limit=PAGE_SIZE + 1,
                     before=_as_uuid(filters["cursor"]),
+                    id_prefix=search or None,
                 )
                 more = len(found) > PAGE_SIZE
                 records = found[:PAGE_SIZE]
-                if search:
-                    records = [r for r in records if search.lower() in str(r.id)]
         except InvalidTaskError as exc:
             error = str(exc)
         next_link = None

@@ -96,14 +96,16 @@ FROM result;
 SELECT * FROM iron_defer.tasks WHERE id = $1;
 
 -- name: list
--- Tasks newest first, each filter optional (NULL), keyset-paginated on id.
--- params: $1 queue, $2 status, $3 kind, $4 before id, $5 limit
+-- Tasks newest first, each filter optional (NULL), keyset-paginated on id. An id prefix is
+-- given as the range of ids it covers ($6..$7), read through the primary key.
+-- params: $1 queue, $2 status, $3 kind, $4 before id, $5 limit, $6 lowest id (NULL: any), $7 highest id
 SELECT *
 FROM iron_defer.tasks
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR kind = $3)
   AND ($4::uuid IS NULL OR id < $4)
+  AND ($6::uuid IS NULL OR id BETWEEN $6 AND $7::uuid)
 ORDER BY id DESC
 LIMIT $5;
 

@@ -121,9 +121,11 @@ async def test_a_buffered_task_whose_lease_was_lost_never_starts(
         ) as engine:
             ids = await _buffer_behind_a_blocker(engine, seconds=1.5)
             thief = await db.fetchval("SELECT gen_random_uuid()")
+            # The thief's lease outlives the test: a loaded machine must not let the sweeper
+            # recover the stolen tasks before the assertions (a flaky CI run saw exactly that).
             await db.execute(
-                "UPDATE iron_defer.tasks SET claimed_by = $2, attempts = attempts + 1 "
-                "WHERE id = ANY($1)",
+                "UPDATE iron_defer.tasks SET claimed_by = $2, attempts = attempts + 1, "
+                "claimed_until = now() + interval '10 minutes' WHERE id = ANY($1)",
                 ids,
                 thief,
             )

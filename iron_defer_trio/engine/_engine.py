@@ -343,15 +343,7 @@ class Engine:
             the_id = UUID(task_id)
         except ValueError:
             return  # not ours: someone else's NOTIFY on the channel
-        for running in self._inflight.request_cancel(the_id):
-            record = running.record
-            self._log.info(
-                "task_cancel_observed",
-                task_id=task_id,
-                queue=record.queue,
-                kind=record.kind,
-                via="notification",
-            )
+        self._inflight.request_cancel(the_id, self._log, via="notification")
 
     def _outcome_written(self, outcome: Outcome, result: FinishResult | None) -> None:
         self._written += 1
@@ -950,7 +942,7 @@ class Engine:
                 kind=record.kind,
             )
             # The task may run on this very engine: stop it without waiting for the NOTIFY.
-            self._cancel_announced(str(record.id))
+            self._inflight.request_cancel(record.id, self._log, via="notification")
             return record
         record = self._changed_or_raise(the_id, result.cancelled, result.current, "cancel")
         self._log.info(
@@ -1030,9 +1022,9 @@ class Engine:
         return await self._queue_state(queue)
 
     async def _queue_state(self, queue: str) -> QueueStatistics:
-        for stats in await self._store.queue_statistics():
-            if stats.queue == queue:
-                return stats
+        found = await self._store.queue_statistics(queue=queue)
+        if found:
+            return found[0]
         # Not paused and no task yet: all zero.
         return QueueStatistics(
             queue=queue,

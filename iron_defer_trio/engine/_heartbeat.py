@@ -58,15 +58,8 @@ class Heartbeat:
                 continue
             lease = held.get(record.id)
             if lease is not None and lease.attempt == record.attempts:
-                if lease.cancel_requested and not running.cancel_requested:
-                    self._inflight.request_cancel(record.id)
-                    self._log.info(
-                        "task_cancel_observed",
-                        task_id=str(record.id),
-                        queue=record.queue,
-                        kind=record.kind,
-                        via="heartbeat",
-                    )
+                if lease.cancel_requested:
+                    self._inflight.request_cancel(record.id, self._log, via="heartbeat")
                 continue
             lost.add((record.id, record.attempts))
             running.lease_lost = True

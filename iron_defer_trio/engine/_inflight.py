@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from iron_defer_trio.domain import TaskRecord
+    from iron_defer_trio.observability.logs import Logger
 
 
 @dataclass(slots=True, eq=False)
@@ -49,18 +50,21 @@ class InFlight:
     def remove(self, task_id: UUID, attempt: int) -> None:
         self._tasks.pop((task_id, attempt), None)
 
-    def request_cancel(self, task_id: UUID) -> list[Running]:
+    def request_cancel(self, task_id: UUID, log: Logger, *, via: str) -> None:
         """Cancel the attempts of ``task_id`` held here whose handler has not finished (one,
-        or none when another engine runs it); return them."""
-        hit = [
-            running
-            for (held_id, _), running in self._tasks.items()
-            if held_id == task_id and not running.finished and not running.cancel_requested
-        ]
-        for running in hit:
+        or none when another engine runs it), and log each (``via``: how the request came)."""
+        for (held_id, _), running in self._tasks.items():
+            if held_id != task_id or running.finished or running.cancel_requested:
+                continue
             running.cancel_requested = True
             running.scope.cancel()
-        return hit
+            log.info(
+                "task_cancel_observed",
+                task_id=str(task_id),
+                queue=running.record.queue,
+                kind=running.record.kind,
+                via=via,
+            )
 
     def task_ids(self) -> list[UUID]:
         """Ids of every leased task (once each)."""

@@ -16,7 +16,12 @@ from iron_defer_trio._version import __version__
 from iron_defer_trio.domain import TaskStatus
 from iron_defer_trio.errors import IronDeferError
 from iron_defer_trio.http import _handlers as h
-from iron_defer_trio.http._errors import ApiError, classify, problem_response
+from iron_defer_trio.http._errors import (
+    ApiError,
+    classify,
+    log_request_failure,
+    problem_response,
+)
 from iron_defer_trio.http._openapi import build_openapi
 from iron_defer_trio.http._routes import QueryParam, Route
 from iron_defer_trio.http._schemas import (
@@ -385,13 +390,7 @@ def create_app(
     async def domain_error(exc: IronDeferError) -> Response:
         status, code = classify(exc)
         if status >= 500:
-            logger.error(
-                "request_failed",
-                path=request.path,
-                method=request.method,
-                code=code,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            log_request_failure(logger, code, exc)
         return problem_response(code, str(exc))
 
     @app.errorhandler(HTTPException)
@@ -418,12 +417,10 @@ def create_app(
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
-        logger.error(
-            "request_failed",
-            path=request.path,
-            method=request.method,
-            code="INTERNAL_ERROR",
-            error=f"{type(exc).__name__}: {exc}",
+        log_request_failure(
+            logger,
+            "INTERNAL_ERROR",
+            exc,
             traceback="".join(traceback.format_exception(exc)).rstrip(),
         )
         return problem_response("INTERNAL_ERROR", "unexpected error")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from quart import Response
+from quart import Response, request
 
 from iron_defer_trio.errors import (
     ConfigError,
@@ -29,6 +29,8 @@ from iron_defer_trio.http._schemas import FieldProblem, Problem
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from iron_defer_trio.observability import Logger
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -145,4 +147,17 @@ def problem_response(
         status=status,
         content_type=PROBLEM_JSON,
         headers=headers or {},
+    )
+
+
+def log_request_failure(log: Logger, code: str, exc: BaseException, **extra: str) -> None:
+    """The server's side of a 5xx answer (the client gets no details): the request and the
+    error, as ``request_failed``."""
+    log.error(
+        "request_failed",
+        path=request.path,
+        method=request.method,
+        code=code,
+        error=f"{type(exc).__name__}: {exc}",
+        **extra,
     )

@@ -524,8 +524,10 @@ class PostgresStore:
     async def resume_queue(self, queue: str) -> bool:
         return bool(await self._fetch("resume_queue", queue))
 
-    async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
-        rows = await self._fetch("queue_statistics", by_region)
+    async def queue_statistics(
+        self, *, by_region: bool = False, queue: str | None = None
+    ) -> list[QueueStatistics]:
+        rows = await self._fetch("queue_statistics", by_region, queue)
         return [
             QueueStatistics(
                 queue=row["queue"],

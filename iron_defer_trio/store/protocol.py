@@ -373,9 +373,11 @@ class TaskStore(Protocol):
         """One round trip through the pool (readiness probes)."""
         ...
 
-    async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
+    async def queue_statistics(
+        self, *, by_region: bool = False, queue: str | None = None
+    ) -> list[QueueStatistics]:
         """Counts per queue (per queue and region with ``by_region``), with paused queues
-        listed even when empty."""
+        listed even when empty; only ``queue`` when it is given."""
         ...
 
     async def queue_throughput(self, *, window: float, bucket: float) -> list[QueueThroughput]:

@@ -205,7 +205,9 @@ async def test_health_probes_never_require_the_token(open_api: Callable[..., Any
 class _FailingStore(PostgresStore):
     """A real store whose statistics query fails like a schema problem would."""
 
-    async def queue_statistics(self, *, by_region: bool = False) -> list[QueueStatistics]:
+    async def queue_statistics(
+        self, *, by_region: bool = False, queue: str | None = None
+    ) -> list[QueueStatistics]:
         raise iron_defer.StoreError(
             'database error 42P01: relation "iron_defer.tasks" does not exist '
             "(SELECT queue FROM iron_defer.tasks; dsn postgresql://app:pw@db/x)",

@@ -9,12 +9,11 @@ bulk retry updates the rows it locked by primary key.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING
 
 from iron_defer_trio.store._queries import OPERATIONS, TASKS
-from tests.store.test_plans import _reads
+from tests.store.test_plans import _generic_plan, _reads
 
 if TYPE_CHECKING:
     from iron_defer_trio.store._queries import Queries
@@ -45,9 +44,7 @@ async def _history_table(db: Db, status: str = "completed") -> None:
 async def _plan_reads(
     db: Db, queries: Queries, name: str, arguments: str
 ) -> tuple[list[str], list[str]]:
-    await db.execute(f"PREPARE {name} AS {queries[name]}")
-    text = await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({arguments})")
-    return _reads(json.loads(text)[0]["Plan"])
+    return _reads(await _generic_plan(db, name, arguments, queries))
 
 
 async def test_claim_never_reads_finished_history(db: Db) -> None:

@@ -21,6 +21,7 @@ import pytest
 from iron_defer_trio.store._queries import TASKS
 
 if TYPE_CHECKING:
+    from iron_defer_trio.store._queries import Queries
     from tests.pg import Db
 
 ROWS = 20_000
@@ -62,8 +63,10 @@ async def _stale_running_table(db: Db) -> tuple[uuid.UUID, list[uuid.UUID]]:
     return worker, ids
 
 
-async def _generic_plan(db: Db, name: str, arguments: str) -> dict[str, Any]:
-    await db.execute(f"PREPARE {name} AS {TASKS[name]}")
+async def _generic_plan(
+    db: Db, name: str, arguments: str, queries: Queries = TASKS
+) -> dict[str, Any]:
+    await db.execute(f"PREPARE {name} AS {queries[name]}")
     text = await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({arguments})")
     plan: dict[str, Any] = json.loads(text)[0]["Plan"]
     return plan

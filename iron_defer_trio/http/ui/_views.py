@@ -28,7 +28,7 @@ from iron_defer_trio.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from iron_defer_trio.http._errors import classify
+from iron_defer_trio.http._errors import classify, log_request_failure
 from iron_defer_trio.http._handlers import state
 from iron_defer_trio.http.ui import _chart, _security
 
@@ -209,13 +209,7 @@ def create_dashboard(settings: Settings, log: Logger) -> Blueprint:
         else:
             title, detail = "Something went wrong", "An unexpected error occurred; it is logged."
         if status >= 500:
-            log.error(
-                "request_failed",
-                path=request.path,
-                method=request.method,
-                code=code,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            log_request_failure(log, code, exc)
         return await render_template(
             "ui/error.html", title=title, detail=detail, task_id=getattr(exc, "task_id", None)
         ), status

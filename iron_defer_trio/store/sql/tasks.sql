@@ -479,8 +479,8 @@ FROM recovered;
 -- name: queue_statistics
 -- Counts by status per queue (and per region when $1), active workers, the age of the oldest
 -- due pending task, and when the queue was paused. A paused queue is listed even when it
--- holds no task.
--- params: $1 by region bool
+-- holds no task. Only queue $2 when it is not NULL.
+-- params: $1 by region bool, $2 queue (NULL: every queue)
 WITH counts AS (
     SELECT queue,
            CASE WHEN $1::boolean THEN region END AS region,
@@ -496,6 +496,7 @@ WITH counts AS (
                    FILTER (WHERE status = 'pending' AND scheduled_at <= now()))::float8
                AS oldest_pending_age
     FROM iron_defer.tasks
+    WHERE $2::text IS NULL OR queue = $2
     GROUP BY 1, 2
 )
 SELECT coalesce(c.queue, p.queue) AS queue,
@@ -511,7 +512,9 @@ SELECT coalesce(c.queue, p.queue) AS queue,
        c.oldest_pending_age,
        p.paused_at
 FROM counts AS c
-FULL JOIN iron_defer.queue_pauses AS p ON p.queue = c.queue
+FULL JOIN (
+    SELECT * FROM iron_defer.queue_pauses WHERE $2::text IS NULL OR queue = $2
+) AS p ON p.queue = c.queue
 ORDER BY 1, 2 NULLS FIRST;
 
 -- name: active_counts

@@ -253,10 +253,12 @@ class AuditEntry(BaseModel):
     metadata: dict[str, Any] | None
 
 
-class NewTask(BaseModel):
-    """A validated task ready to be inserted (the store's input)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTask:
+    """A validated task ready to be inserted (the store's input).
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass: the engine validates every field before building one, and a bulk
+    enqueue builds one per task (a pydantic model cost 3 us more each)."""
 
     queue: str
     kind: str

@@ -27,7 +27,7 @@ import random
 import uuid
 from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, overload
 from uuid import UUID
@@ -460,19 +460,37 @@ class Engine:
         attempt_timeout: float | None = None,
         region: str | None = None,
     ) -> NewTask:
+        options = self._task_options(
+            task,
+            queue,
+            priority=priority,
+            scheduled_at=scheduled_at,
+            max_attempts=max_attempts,
+            attempt_timeout=attempt_timeout,
+            region=region,
+        )
+        return self._new_task(task, options, idempotency_key)
+
+    def _task_options(
+        self,
+        task: Task,
+        queue: str | None,
+        *,
+        priority: int | None,
+        scheduled_at: datetime | None,
+        max_attempts: int | None,
+        attempt_timeout: float | None,
+        region: str | None,
+    ) -> _TaskOptions:
+        """What a task's class and the call's options make of every task of that class,
+        validated (the same for each task of a class within one call)."""
         if not isinstance(task, Task):
             raise InvalidTaskError(f"expected a Task instance, got {type(task).__name__}")
         kind = self.registry.kind_of(task)
         cls = type(task)
-        try:
-            payload_json = task.model_dump_json()
-        except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
-            raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
-        validate_payload_json(payload_json)
-        return NewTask.model_construct(
+        return _TaskOptions(
             queue=validate_queue_name(queue or cls.QUEUE or "default"),
             kind=kind,
-            payload_json=payload_json,
             priority=validate_priority(cls.PRIORITY if priority is None else priority),
             max_attempts=validate_max_attempts(
                 max_attempts
@@ -480,11 +498,29 @@ class Engine:
                 else cls.MAX_ATTEMPTS or self.settings.worker.max_attempts
             ),
             scheduled_at=validate_scheduled_at(scheduled_at),
-            idempotency_key=validate_idempotency_key(idempotency_key),
             attempt_timeout=validate_timeout(
                 cls.ATTEMPT_TIMEOUT if attempt_timeout is None else attempt_timeout
             ),
             region=self._allowed_region(cls.REGION if region is None else region),
+        )
+
+    @staticmethod
+    def _new_task(task: Task, options: _TaskOptions, idempotency_key: str | None) -> NewTask:
+        try:
+            payload_json = task.model_dump_json()
+        except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
+            raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
+        validate_payload_json(payload_json)
+        return NewTask(
+            queue=options.queue,
+            kind=options.kind,
+            payload_json=payload_json,
+            priority=options.priority,
+            max_attempts=options.max_attempts,
+            scheduled_at=options.scheduled_at,
+            idempotency_key=validate_idempotency_key(idempotency_key),
+            attempt_timeout=options.attempt_timeout,
+            region=options.region,
         )
 
     def _allowed_region(self, region: str | None) -> str | None:
@@ -675,19 +711,25 @@ class Engine:
         )
         if isinstance(keys, str) or len(keys) != len(batch):
             raise InvalidTaskError("idempotency_keys needs one key (or None) per task")
-        return [
-            self._prepare(
-                queue,
-                item,
-                priority=priority,
-                scheduled_at=scheduled_at,
-                max_attempts=max_attempts,
-                idempotency_key=key,
-                attempt_timeout=attempt_timeout,
-                region=region,
-            )
-            for item, key in zip(batch, keys, strict=True)
-        ]
+        # Options are validated once per task class, not once per task: in a bulk enqueue
+        # that was a third of the engine's time.
+        by_class: dict[type[Task], _TaskOptions] = {}
+        prepared: builtins.list[NewTask] = []
+        for item, key in zip(batch, keys, strict=True):
+            options = by_class.get(type(item))
+            if options is None:
+                options = self._task_options(
+                    item,
+                    queue,
+                    priority=priority,
+                    scheduled_at=scheduled_at,
+                    max_attempts=max_attempts,
+                    attempt_timeout=attempt_timeout,
+                    region=region,
+                )
+                by_class[type(item)] = options
+            prepared.append(self._new_task(item, options, key))
+        return prepared
 
     async def enqueue_payload(
         self,
@@ -738,7 +780,7 @@ class Engine:
         except (ValueError, RecursionError) as exc:
             raise InvalidTaskError(f"the payload cannot be encoded as JSON: {exc}") from None
         validate_payload_json(payload_json)
-        new = NewTask.model_construct(
+        new = NewTask(
             queue=validate_queue_name(queue or "default"),
             kind=validate_kind(kind),
             payload_json=payload_json,
@@ -775,7 +817,7 @@ class Engine:
         ):
             traceparent = tracing.current_traceparent()
             if traceparent is not None:
-                unique = [t.model_copy(update={"traceparent": traceparent}) for t in unique]
+                unique = [replace(t, traceparent=traceparent) for t in unique]
             target = self._store if transaction is None else transaction
             stored = await target.enqueue(unique)
         if len(stored) == len(tasks):
@@ -1194,6 +1236,19 @@ class Engine:
         if retried:
             self._wake(queue)
         return BulkRetry(matched=matched, more=False, retried=retried)
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskOptions:
+    """The validated options every task of one class gets in one enqueue call."""
+
+    queue: str
+    kind: str
+    priority: int
+    max_attempts: int
+    scheduled_at: datetime | None
+    attempt_timeout: float | None
+    region: str | None
 
 
 class _GaugeSource:

@@ -189,7 +189,7 @@ class WorkerSettings(_Section):
     #: short tasks are claimed in large batches. Only what the slots will start within about
     #: 50 ms, at the pace tasks finish, is fetched ahead: slow tasks are never hoarded away
     #: from other engines. 0 claims only for free slots.
-    prefetch: Integer = Field(default=100, ge=0, le=10_000)
+    prefetch: Integer = Field(default=500, ge=0, le=10_000)
     #: How long a finished task keeps its idempotency key: a producer retrying within this
     #: time gets the finished task back instead of running the work again. The sweeper frees
     #: older keys.

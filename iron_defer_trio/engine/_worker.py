@@ -156,6 +156,10 @@ class QueueWorker:
         self._drain_deadline: float | None = None
         self._claimed = 0
         self._claiming = False
+        #: While the claim loop waits for room: the load (running + buffered) at or below
+        #: which it claims again; -1 otherwise. Slots yield once the load falls to it, so the
+        #: next claim starts while the buffer still feeds them.
+        self._refill_load = -1
         self._unflushed_completions: Counter[tuple[str, str]] = Counter()
         self._counts = {kind: 0 for kind in OutcomeKind}
 
@@ -245,8 +249,13 @@ class QueueWorker:
             room = self._concurrency + ahead - self._limiter.borrowed_tokens - len(self._buffer)
             # Claim in batches of at least half the fetch-ahead: the buffer still feeds the
             # slots meanwhile. Without fetch-ahead, claim as soon as a slot is free.
-            if room < max(1, (ahead + 1) // 2):
-                await self._room_freed.wait()
+            threshold = max(1, (ahead + 1) // 2)
+            if room < threshold:
+                self._refill_load = self._concurrency + ahead - threshold
+                try:
+                    await self._room_freed.wait()
+                finally:
+                    self._refill_load = -1
                 continue
             self._wakeup.clear()
             limit = min(room, MAX_CLAIM)
@@ -306,8 +315,12 @@ class QueueWorker:
         while True:
             await self._run_task(running)
             # A handler that never awaits would let this slot run the whole buffer without
-            # a checkpoint, starving the completer, heartbeat and claim loop.
-            if trio.current_time() - yielded_at >= SLOT_YIELD_INTERVAL:
+            # a checkpoint, starving the completer, heartbeat and claim loop; and the claim
+            # loop must run as soon as there is room for a claim, before the buffer is empty.
+            if (
+                self._limiter.borrowed_tokens + len(self._buffer) <= self._refill_load
+                or trio.current_time() - yielded_at >= SLOT_YIELD_INTERVAL
+            ):
                 await trio.lowlevel.checkpoint()
                 yielded_at = trio.current_time()
             if self._draining or self._limiter.available_tokens < 1:

@@ -195,6 +195,44 @@ async def test_class_defaults_apply_and_enqueue_arguments_override_them(
     assert (explicit.queue, explicit.priority, explicit.max_attempts) == ("other", -3, 1)
 
 
+async def test_a_mixed_batch_gives_each_task_the_defaults_of_its_own_class(
+    open_test_engine: EngineFactory, db: Db
+) -> None:
+    """enqueue_many validates each class's options once per call: tasks of different classes,
+    interleaved, still get their own class's queue, priority and attempts, and the call's
+    options override every class alike."""
+    with trio.fail_after(15):
+        async with open_test_engine(
+            tasks=[Defaults, Record], run_workers=False, max_attempts=4
+        ) as engine:
+            batch = [Defaults(), Record(label="a"), Defaults(), Record(label="b")]
+            records = await engine.enqueue_many(batch)
+            overridden = await engine.enqueue_many(
+                [Record(label="c"), Defaults()], priority=-2, max_attempts=2
+            )
+    assert [(r.kind, r.queue, r.priority, r.max_attempts) for r in records] == [
+        ("defaults", "reports", 7, 9),
+        ("record", "default", 0, 4),
+        ("defaults", "reports", 7, 9),
+        ("record", "default", 0, 4),
+    ]
+    assert [(r.kind, r.queue, r.priority, r.max_attempts) for r in overridden] == [
+        ("record", "default", -2, 2),
+        ("defaults", "reports", -2, 2),
+    ]
+    rows = await db.fetch(
+        "SELECT kind, queue, priority, max_attempts, payload FROM iron_defer.tasks ORDER BY id"
+    )
+    assert [(r["kind"], r["queue"], r["priority"], r["max_attempts"]) for r in rows] == [
+        (r.kind, r.queue, r.priority, r.max_attempts) for r in [*records, *overridden]
+    ]
+    assert [r["payload"] for r in rows if r["kind"] == "record"] == [
+        '{"label": "a"}',
+        '{"label": "b"}',
+        '{"label": "c"}',
+    ]
+
+
 async def test_engine_default_max_attempts_comes_from_settings(
     open_test_engine: EngineFactory,
 ) -> None:

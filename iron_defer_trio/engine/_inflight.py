@@ -28,6 +28,7 @@ class Running:
     #: Cancellation of the task was requested (engine.cancel on any engine): the attempt ends
     #: cancelled.
     cancel_requested: bool = False
+    #: When its attempt started here (trio clock; set as the slot starts it).
     started_at: float = 0.0
 
 
@@ -43,7 +44,7 @@ class InFlight:
         self._tasks: dict[tuple[UUID, int], Running] = {}
 
     def add(self, record: TaskRecord) -> Running:
-        running = Running(record, started_at=trio.current_time())
+        running = Running(record)
         self._tasks[record.id, record.attempts] = running
         return running
 

@@ -322,11 +322,13 @@ class QueueWorker:
             else:
                 return
             self._limiter.acquire_on_behalf_of_nowait(running)
-            running.started_at = trio.current_time()
 
     # --- one task ------------------------------------------------------------------------
 
     async def _run_task(self, running: Running) -> None:
+        # The attempt's duration counts from here, not from the claim: a task started from a
+        # claim waits up to one scheduler pass for its slot to run.
+        running.started_at = trio.current_time()
         record = running.record
         log = self._log.bind(task_id=str(record.id), kind=record.kind, attempt=record.attempts)
         log.debug(

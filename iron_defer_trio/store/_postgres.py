@@ -166,16 +166,14 @@ for _cls in (TaskRecord, EnqueuedTask):
 
 
 def _record(row: Any) -> TaskRecord:
-    """A row of iron_defer.tasks as a TaskRecord, without re-validation: the schema's types
-    and CHECK constraints already guarantee every field."""
-    values = {name: row[name] for name in _RECORD_FIELDS}
-    values["status"] = _STATUS[values["status"]]
-    return _construct(TaskRecord, values)
+    """A row of iron_defer.tasks as a TaskRecord (see :func:`_records`)."""
+    return _records([row])[0]
 
 
 def _records(rows: Sequence[Any]) -> list[TaskRecord]:
-    """Many rows of one statement as TaskRecords (claims build one per task): the columns
-    are picked by position, found once per statement rather than by name in every row."""
+    """Rows of one statement as TaskRecords, without re-validation: the schema's types and
+    CHECK constraints already guarantee every field. The columns are picked by position,
+    found once per statement rather than by name in every row (claims build one per task)."""
     pick = _picker(rows)
     return [_construct(TaskRecord, _values(pick(row))) for row in rows]
 

@@ -115,7 +115,8 @@ class DatabaseSettings(_Section):
     #: Seconds to wait for a new connection (and for a free pooled one) before reporting the
     #: database as unavailable.
     connect_timeout: Seconds = Field(default=5.0, gt=0)
-    #: Upper bound of any single statement the engine runs, in seconds.
+    #: Upper bound of each database call the engine makes (one statement, or the few
+    #: statements of one unit of work), in seconds; the call is cancelled on the server.
     command_timeout: Seconds = Field(default=30.0, gt=0)
     #: A call that waited this long for a pooled connection logs ``pool_saturated`` (at most
     #: once per 30 s): more concurrent database work than ``max_connections``.

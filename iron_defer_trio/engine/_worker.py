@@ -123,8 +123,6 @@ class QueueWorker:
         self.queue = queue
         self._metrics = metrics
         self._tracer = tracer
-        # Without a tracing SDK every span is invalid: skip building one per attempt.
-        self._tracing = not isinstance(tracer, trace.NoOpTracer)
         self._log_payload = log_payload
         self._store = store
         self._registry = registry
@@ -441,7 +439,8 @@ class QueueWorker:
     async def _traced_attempt(self, running: Running, log: Logger) -> Outcome | None:
         """The attempt as a span of the trace the task was enqueued in."""
         record = running.record
-        if not self._tracing:
+        if not tracing.is_recording(self._tracer):
+            # Without a tracing SDK every span is a no-op: skip building one per attempt.
             return await self._attempt(running, log)
         span = self._tracer.start_span(
             tracing.EXECUTE_SPAN,

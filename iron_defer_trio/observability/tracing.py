@@ -43,6 +43,17 @@ def get_tracer(provider: TracerProvider | None = None) -> Tracer:
     return (provider or trace.get_tracer_provider()).get_tracer("iron_defer_trio", __version__)
 
 
+def is_recording(tracer: Tracer) -> bool:
+    """False when ``tracer`` certainly makes only non-recording spans: the API's no-op tracer,
+    or the global proxy while no provider is installed (asked at each call, since an
+    application may install one later). Callers then skip building spans on hot paths."""
+    if isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return True
+
+
 def current_traceparent() -> str | None:
     """The ``traceparent`` of the current span, or None when there is no valid one (tracing
     is not configured, or nothing is being traced)."""

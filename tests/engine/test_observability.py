@@ -348,6 +348,83 @@ async def test_no_tracing_configured_stores_no_trace_context(database_url: str) 
     assert record.traceparent is None
 
 
+async def test_without_a_tracing_sdk_tasks_still_carry_the_callers_trace_context(
+    database_url: str,
+) -> None:
+    """A request's propagated trace context (no SDK in this process) is stored with the task,
+    so a downstream process that does trace continues the caller's trace."""
+    from opentelemetry import context as otel_context
+
+    from iron_defer_trio.observability import tracing
+
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with trio.fail_after(15):
+        async with iron_defer.open_engine(
+            fast_settings(database_url), tasks=[Work], migrate=False, run_workers=False
+        ) as engine:
+            token = otel_context.attach(tracing.context_from_headers({"traceparent": incoming}))
+            try:
+                record = await engine.enqueue(Work())
+                [batch_record] = await engine.enqueue_many([Work()])
+            finally:
+                otel_context.detach(token)
+            stored = await engine.get(record.id)
+    assert record.traceparent == incoming
+    assert batch_record.traceparent == incoming
+    assert stored is not None
+    assert stored.traceparent == incoming
+
+
+_PROVIDER_LATER = """
+import os
+from typing import ClassVar
+import trio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import iron_defer_trio as iron_defer
+
+class Hello(iron_defer.Task):
+    KIND: ClassVar[str] = "hello"
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        pass
+
+async def main() -> None:
+    async with iron_defer.open_engine(os.environ["DATABASE_URL"], tasks=[Hello]) as engine:
+        await engine.enqueue(Hello())
+        await engine.wait_until_idle()
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        await engine.enqueue(Hello())
+        await engine.wait_until_idle()
+    print(sorted(span.name for span in exporter.get_finished_spans()))
+
+trio.run(main)
+"""
+
+
+def test_a_tracer_provider_installed_after_the_engine_opened_gets_its_spans(
+    database_url: str,
+) -> None:
+    """The engine skips span work while no global provider exists, but asks again at each
+    call: a provider the application installs later receives the next task's spans."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROVIDER_LATER],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(
+        ["iron_defer.enqueue", "iron_defer.execute"]
+    )
+
+
 async def test_engines_and_the_server_telemetry_leave_global_providers_alone(
     database_url: str,
 ) -> None:

@@ -49,7 +49,7 @@ from iron_defer_trio.store.protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -307,24 +307,25 @@ class PostgresStore:
         self._settings = settings
         self._dsn = dsn
 
-    async def _run(self, fn: Callable[[_Conn, *Ts], Awaitable[T]], *args: *Ts) -> T:
+    async def _run(self, fn: Callable[[_Conn, *Ts], Coroutine[Any, Any, T]], *args: *Ts) -> T:
         """One unit of work: a pooled connection, one bridge crossing running ``fn(conn,
         *args)`` on the asyncio side, the connection back."""
         async with self._pool.connection() as conn:
             return await self._call(fn, conn, *args)
 
-    async def _call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        """One bridge crossing on a connection already held, within ``command_timeout``.
+    async def _call(self, fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> T:
+        """One bridge crossing on a connection already held (stepped inline, see
+        :meth:`Bridge.run_inline`), within ``command_timeout``.
 
         The bound is a trio deadline rather than asyncpg's ``command_timeout``: asyncpg arms an
         asyncio timer per statement, and on trio-asyncio's loop each timer is one more channel
         hop and a deadline re-armed at every callback (~50 us of CPU per statement). Either
         way the statement is cancelled on the server: asyncpg sends the cancel request when
-        its task is cancelled, and the pool waits for it to settle.
+        the future it waits on is cancelled, and the pool waits for it to settle.
         """
         timeout = self._settings.command_timeout
         with trio.move_on_after(timeout):
-            return await self._bridge.call(fn, *args)
+            return await self._bridge.run_inline(fn, *args)
         raise _timed_out(timeout)
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:

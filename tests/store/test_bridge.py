@@ -10,6 +10,7 @@ polled under an absolute ``trio.fail_after``, never a bare sleep.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -244,3 +245,53 @@ async def test_a_stray_asyncio_error_on_the_private_loop_does_not_kill_the_bridg
             )
             for _ in range(3):
                 assert await bridge.call(_aio_answer) == 42
+
+
+async def _aio_steps(log: list[str]) -> str:
+    """(asyncio side) Awaits of every kind an asyncio task could meet: a bare yield, a timer
+    and a future completed by a callback."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0)
+    log.append("yielded")
+    await asyncio.sleep(0.01)
+    log.append("timer")
+    future: asyncio.Future[str] = loop.create_future()
+    loop.call_soon(future.set_result, "done")
+    return await future
+
+
+async def _aio_fail_after_a_step() -> None:
+    await asyncio.sleep(0)
+    raise asyncpg.InterfaceError("connection is closed")
+
+
+async def _aio_wait_then_clean_up(log: list[str]) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        log.append("saw the cancellation")
+        raise
+    finally:
+        log.append("cleaned up")
+
+
+async def test_a_coroutine_stepped_inline_behaves_as_in_an_asyncio_task() -> None:
+    """``run_inline`` drives an asyncio coroutine from the trio task: bare yields, timers and
+    futures resolve; a driver error comes out translated; a trio cancellation reaches the
+    coroutine as asyncio's CancelledError and comes back as trio's once it has finished."""
+    log: list[str] = []
+    with trio.fail_after(5):
+        async with open_bridge() as bridge:
+            assert await bridge.run_inline(_aio_steps, log) == "done"
+            assert log == ["yielded", "timer"]
+            with pytest.raises(StoreUnavailable) as caught:
+                await bridge.run_inline(_aio_fail_after_a_step)
+            assert isinstance(caught.value.__cause__, asyncpg.InterfaceError)
+            log.clear()
+            with trio.move_on_after(0.05) as scope:
+                await bridge.run_inline(_aio_wait_then_clean_up, log)
+            assert scope.cancelled_caught
+            assert log == ["saw the cancellation", "cleaned up"]
+            # The bridge is still usable, both ways in.
+            assert await bridge.run_inline(_aio_answer) == 42
+            assert await bridge.call(_aio_answer) == 42

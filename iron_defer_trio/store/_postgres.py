@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, TypeVarTuple
 
 import asyncpg
@@ -202,6 +202,20 @@ def _values(picked: tuple[Any, ...]) -> dict[str, Any]:
     return values
 
 
+#: A new task's fields but its id and payload: one value per batch when the tasks agree on
+#: them (the last, the idempotency key, must then be None).
+_shared_fields = attrgetter(
+    "queue",
+    "kind",
+    "priority",
+    "max_attempts",
+    "scheduled_at",
+    "traceparent",
+    "attempt_timeout",
+    "region",
+    "idempotency_key",
+)
+
 #: Status values to members (a dict lookup is a tenth of the cost of calling the enum).
 _STATUS = {status.value: status for status in TaskStatus}
 
@@ -369,6 +383,24 @@ class PostgresStore:
                 audit,
                 task.attempt_timeout,
                 task.region,
+            )
+        first = _shared_fields(tasks[0])
+        if first[-1] is None and all(_shared_fields(t) == first for t in tasks):
+            queue, kind, priority, max_attempts, scheduled_at, traceparent, timeout, region, _ = (
+                first
+            )
+            return TASKS["enqueue_uniform"], (
+                [uuid7() for _ in tasks],
+                queue,
+                kind,
+                [t.payload_json for t in tasks],
+                priority,
+                max_attempts,
+                scheduled_at,
+                traceparent,
+                audit,
+                timeout,
+                region,
             )
         return TASKS["enqueue"], (
             [uuid7() for _ in tasks],

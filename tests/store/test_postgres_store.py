@@ -10,6 +10,7 @@ well as the return values.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -76,6 +77,65 @@ async def test_enqueue_many_returns_records_in_given_order_with_increasing_ids(
     assert set(stored_ids) == set(ids)
     # One statement, one transaction: every default scheduled_at is the same now().
     assert len({r.scheduled_at for r in records}) == 1
+
+
+@pytest.mark.parametrize(
+    "variation",
+    ["shared options", "one priority differs", "one idempotency key", "all options differ"],
+)
+async def test_a_batch_stores_every_field_of_every_task_in_order(
+    database_url: str, db: Db, variation: str
+) -> None:
+    """Whether the tasks of a batch share their options (stored through the cheaper uniform
+    statement) or not, each row holds exactly its task's fields, the records come back in
+    the order given, and each new task gets its audit row."""
+    scheduled = await db_now(db) - seconds(60)
+    shared = replace(
+        new_task("mail", "send", priority=3, max_attempts=4, scheduled_at=scheduled),
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        attempt_timeout=12.5,
+        region="eu",
+    )
+    tasks = [replace(shared, payload_json=json.dumps({"n": n})) for n in range(40)]
+    if variation == "one priority differs":
+        tasks[17] = replace(tasks[17], priority=-1)
+    elif variation == "one idempotency key":
+        tasks[5] = replace(tasks[5], idempotency_key="order-5")
+    elif variation == "all options differ":
+        tasks = [
+            replace(
+                t,
+                queue=f"q{n % 3}",
+                kind=f"k{n % 2}",
+                priority=n,
+                max_attempts=n + 1,
+                scheduled_at=scheduled - seconds(n),
+                traceparent=None if n % 2 else t.traceparent,
+                attempt_timeout=None if n % 3 else float(n + 1),
+                region=None if n % 4 else f"r{n}",
+            )
+            for n, t in enumerate(tasks)
+        ]
+    with trio.fail_after(10):
+        async with open_postgres_store(DatabaseSettings(url=database_url, audit_log=True)) as store:
+            records = await store.enqueue(tasks)
+        rows = {r["id"]: r for r in await db.fetch("SELECT * FROM iron_defer.tasks")}
+        audited = await db.fetch("SELECT task_id, event, trace_id FROM iron_defer.task_audit")
+    assert len(records) == len(rows) == len(tasks)
+    assert all(r.created for r in records)
+    for task, record in zip(tasks, records, strict=True):
+        stored = rows[record.id]
+        for field in ("queue", "kind", "priority", "max_attempts", "scheduled_at"):
+            assert stored[field] == getattr(task, field) == getattr(record, field), field
+        for field in ("traceparent", "idempotency_key", "attempt_timeout", "region"):
+            assert stored[field] == getattr(task, field) == getattr(record, field), field
+        assert json.loads(stored["payload"]) == json.loads(task.payload_json) == record.payload
+    assert sorted((a["task_id"], a["event"]) for a in audited) == sorted(
+        (r.id, "enqueue") for r in records
+    )
+    assert {a["trace_id"] for a in audited if rows[a["task_id"]]["traceparent"]} <= {
+        "0af7651916cd43dd8448eb211c80319c"
+    }
 
 
 async def test_enqueue_keeps_an_explicit_scheduled_at(database_url: str, db: Db) -> None:

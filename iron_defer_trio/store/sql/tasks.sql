@@ -57,6 +57,37 @@ SELECT result.*, (SELECT count(*) FROM woken) AS woken_queues
 FROM result
 ORDER BY result.n;
 
+-- name: enqueue_uniform
+-- The enqueue statement for a batch without idempotency keys whose tasks share every other
+-- field (one task class, one call: the usual bulk enqueue): ids and payloads as arrays, the
+-- rest once. About a fifth cheaper than the general form (no key matching, no per-row
+-- options). Every row is new. Rows come back in input order: the ids are strictly
+-- increasing in input order (UUIDv7 from one process). Wakes the queue on commit if due;
+-- audits when $9.
+-- params: $1 ids uuid[], $2 queue, $3 kind, $4 payloads (JSON text)[], $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 audit bool, $10 attempt timeout seconds, $11 region
+WITH written AS (
+    INSERT INTO iron_defer.tasks
+        (id, queue, kind, payload, priority, max_attempts, scheduled_at, traceparent,
+         attempt_timeout, region)
+    SELECT i.id, $2::text, $3::text, i.payload::jsonb, $5::int2, $6::int4,
+           coalesce($7::timestamptz, now()), $8::text, $10::float8, $11::text
+    FROM unnest($1::uuid[], $4::text[]) AS i(id, payload)
+    RETURNING *
+),
+audited AS (
+    INSERT INTO iron_defer.task_audit (task_id, event, from_status, to_status, attempt, trace_id)
+    SELECT id, 'enqueue', NULL, status, attempts, split_part(traceparent, '-', 2)
+    FROM written
+    WHERE $9::boolean
+),
+woken AS (
+    SELECT pg_notify('iron_defer', q.queue)
+    FROM (SELECT DISTINCT queue FROM written WHERE scheduled_at <= now()) AS q
+)
+SELECT written.*, true AS created, (SELECT count(*) FROM woken) AS woken_queues
+FROM written
+ORDER BY written.id;
+
 -- name: enqueue_one
 -- The enqueue statement for one task (the common case, cheaper than the array form).
 -- params: $1 id, $2 queue, $3 kind, $4 payload (JSON text), $5 priority, $6 max_attempts, $7 scheduled_at (NULL: now), $8 traceparent, $9 idempotency key, $10 audit bool, $11 attempt timeout seconds, $12 region

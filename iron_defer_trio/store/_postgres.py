@@ -192,8 +192,18 @@ def _enqueued_many(rows: Sequence[Any]) -> list[EnqueuedTask]:
 def _picker(rows: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
     if not rows:
         return tuple
-    columns = list(rows[0].keys())
-    return itemgetter(*(columns.index(name) for name in _RECORD_FIELDS))
+    columns = tuple(rows[0].keys())
+    pick = _PICKERS.get(columns)
+    if pick is None:
+        # Each statement has one column layout; finding the fields in it is most of the cost
+        # of decoding a single row, so it is done once per layout.
+        pick = itemgetter(*(columns.index(name) for name in _RECORD_FIELDS))
+        _PICKERS[columns] = pick
+    return pick
+
+
+#: Field pickers by column layout (one per statement shape, a handful in all).
+_PICKERS: dict[tuple[str, ...], Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def _values(picked: tuple[Any, ...]) -> dict[str, Any]:

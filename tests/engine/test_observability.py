@@ -375,6 +375,21 @@ async def test_without_a_tracing_sdk_tasks_still_carry_the_callers_trace_context
     assert stored.traceparent == incoming
 
 
+def _run_program(source: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a separate Python program (its own global OpenTelemetry and logging
+    state) against the test's database; it must exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", source],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 _PROVIDER_LATER = """
 import os
 from typing import ClassVar
@@ -411,15 +426,7 @@ def test_a_tracer_provider_installed_after_the_engine_opened_gets_its_spans(
 ) -> None:
     """The engine skips span work while no global provider exists, but asks again at each
     call: a provider the application installs later receives the next task's spans."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PROVIDER_LATER],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_program(_PROVIDER_LATER, database_url)
     assert result.stdout.strip().splitlines()[-1] == str(
         ["iron_defer.enqueue", "iron_defer.execute"]
     )
@@ -478,15 +485,7 @@ def test_an_application_that_never_configured_logging_sees_info_not_per_task_deb
 ) -> None:
     """structlog's own defaults print every level; the engine's logger stops at info then,
     so an embedding program is not flooded with a debug line per task."""
-    result = subprocess.run(
-        [sys.executable, "-c", _UNCONFIGURED],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_program(_UNCONFIGURED, database_url)
     assert "engine_started" in result.stdout
     assert "said_hello" in result.stdout
     for debug_event in ("task_enqueued", "task_claimed", "task_completed"):

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 import iron_defer_trio as iron_defer
+from tests.conftest import FAST_WORKER
 
 if TYPE_CHECKING:
     from tests.conftest import EngineFactory
@@ -156,3 +157,40 @@ async def test_an_idempotency_key_in_a_transaction_finds_the_committed_task(
     assert again.created is False and again.id == first.id
     assert [row["id"] for row in rows] == [first.id]
     assert await db.fetchval("SELECT count(*) FROM iron_defer.tasks") == 1
+
+
+async def test_a_statement_past_command_timeout_fails_rolls_back_and_stops_on_the_server(
+    database_url: str, orders: Db
+) -> None:
+    """``database.command_timeout`` bounds the application's own statements in a transaction
+    too: the slow one raises StoreUnavailable, the server stops it, nothing of the block is
+    committed, and the engine's connections carry on."""
+    settings = iron_defer.Settings.build(
+        database={"url": database_url, "command_timeout": 0.5, "max_connections": 2},
+        worker=FAST_WORKER,
+    )
+    with trio.fail_after(15):
+        async with iron_defer.open_engine(
+            settings, tasks=[Receipt], run_workers=False, migrate=False
+        ) as engine:
+
+            async def slow() -> None:
+                async with engine.transaction() as tx:
+                    await tx.execute("INSERT INTO orders (id, total) VALUES (9, 1)")
+                    await tx.enqueue(Receipt(order=9))
+                    await tx.execute("SELECT pg_sleep(10) /* past the command timeout */")
+
+            started = trio.current_time()
+            with pytest.raises(iron_defer.StoreUnavailable):
+                await slow()
+            assert trio.current_time() - started < 5
+            sleeping = await orders.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                " AND query LIKE '%past the command timeout%' AND pid <> pg_backend_pid()"
+            )
+            for _ in range(3):  # more rounds than the pool has connections
+                async with engine.transaction() as tx:
+                    await tx.fetchval("SELECT 1")
+    assert sleeping == 0
+    assert await orders.fetchval("SELECT count(*) FROM orders") == 0
+    assert await orders.fetchval("SELECT count(*) FROM iron_defer.tasks") == 0

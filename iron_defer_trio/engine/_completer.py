@@ -93,6 +93,7 @@ class Completer:
     async def _write_pending(self) -> None:
         while self._pending:
             batch = self._pending[:MAX_BATCH]
+            started = trio.current_time()
             try:
                 results = await self._store.finish(self._worker_id, batch)
             except StoreUnavailable as exc:
@@ -105,7 +106,7 @@ class Completer:
                 self._health.failed("completer", exc)
                 results = await self._write_one_by_one(batch)
             else:
-                self._health.succeeded()
+                self._health.succeeded(started=started)
                 self._backoff.reset()
             del self._pending[: len(batch)]
             self._progress.set()

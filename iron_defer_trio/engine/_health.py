@@ -45,9 +45,13 @@ class DatabaseHealth:
             self._down_since = trio.current_time()
             self._log.warning("database_unavailable", service=service, error=str(exc))
 
-    def succeeded(self) -> None:
-        """Record a successful database call."""
-        if self._down_since is not None:
+    def succeeded(self, *, started: float) -> None:
+        """Record a successful database call that began at trio time ``started``.
+
+        A call that began before the outage was noticed may have finished just before the
+        server went away, so its success says nothing about now and does not end the outage
+        (it would log a recovery and then a second outage within the same one)."""
+        if self._down_since is not None and started >= self._down_since:
             outage = trio.current_time() - self._down_since
             self._down_since = None
             self._log.info("database_recovered", outage_seconds=round(outage, 3))

@@ -78,6 +78,7 @@ class Heartbeat:
         task_status.started()
         while True:
             await trio.sleep(self._interval)
+            started = trio.current_time()
             try:
                 await self.run_once()
             except StoreError as exc:
@@ -93,5 +94,5 @@ class Heartbeat:
                             continue
                         break
             else:
-                self._health.succeeded()
+                self._health.succeeded(started=started)
             self._backoff.reset()

@@ -201,12 +201,13 @@ class PeriodicScheduler:
         started = False
         while True:
             delay = self._retry_interval
+            attempted_at = trio.current_time()
             try:
                 result = await self.run_once()
             except StoreError as exc:
                 self._health.failed("periodic", exc)
             else:
-                self._health.succeeded()
+                self._health.succeeded(started=attempted_at)
                 if result.next_fire_at is not None:
                     delay = (result.next_fire_at - self._clock()).total_seconds() + _WAKE_MARGIN
             if not started:

@@ -174,10 +174,11 @@ class Sweeper:
         do not sweep in lockstep), until cancelled."""
         task_status.started()
         while True:
+            started = trio.current_time()
             try:
                 await self.run_once()
             except StoreError as exc:
                 self._health.failed("sweeper", exc)
             else:
-                self._health.succeeded()
+                self._health.succeeded(started=started)
             await trio.sleep(self._interval * (0.9 + 0.2 * self._rng.random()))

@@ -245,6 +245,7 @@ class QueueWorker:
             self._wakeup.clear()
             limit = min(room, MAX_CLAIM)
             self._claiming = True
+            started = trio.current_time()
             try:
                 records = await self._store.claim(
                     self.queue,
@@ -259,7 +260,7 @@ class QueueWorker:
                 self._health.failed(f"worker:{self.queue}", exc)
                 await trio.sleep(self._backoff.next_delay())
                 continue
-            self._health.succeeded()
+            self._health.succeeded(started=started)
             self._backoff.reset()
             self._claiming = False
             self._dispatch(records, tasks)

@@ -842,14 +842,9 @@ class Engine:
 
     def _enqueued(self, *records: EnqueuedTask) -> None:
         """Count and log committed enqueues (duplicates returned by a key are not new)."""
-        if len(records) == 1:
-            (record,) = records
-            if record.created:
-                self._metrics.tasks_enqueued.add(1, {"queue": record.queue, "kind": record.kind})
-        else:
-            created = [r for r in records if r.created]
-            for (queue, kind), count in Counter((r.queue, r.kind) for r in created).items():
-                self._metrics.tasks_enqueued.add(count, {"queue": queue, "kind": kind})
+        created = [r for r in records if r.created]
+        for (queue, kind), count in Counter((r.queue, r.kind) for r in created).items():
+            self._metrics.tasks_enqueued.add(count, {"queue": queue, "kind": kind})
         if not debug_enabled(self._log):
             return
         for record in records:

@@ -50,7 +50,7 @@ CLOSE_TIMEOUT = 5.0
 
 async def _aio_connect(dsn: str, settings: DatabaseSettings) -> Conn:
     # No command_timeout here: the store bounds each call with a trio deadline instead
-    # (Bridge.call), which costs less on trio-asyncio's loop than asyncpg's per-statement timer.
+    # (PostgresStore._call), which costs less on trio-asyncio's loop than asyncpg's timer.
     conn: Conn = await asyncpg.connect(
         dsn,
         timeout=settings.connect_timeout,

@@ -295,3 +295,31 @@ async def test_a_coroutine_stepped_inline_behaves_as_in_an_asyncio_task() -> Non
             # The bridge is still usable, both ways in.
             assert await bridge.run_inline(_aio_answer) == 42
             assert await bridge.call(_aio_answer) == 42
+
+
+async def _aio_resolve_then_note(log: list[str]) -> str:
+    """(asyncio side) A future completed by a callback that keeps running after set_result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def resolve() -> None:
+        future.set_result("value")
+        log.append("set_result returned")
+
+    loop.call_soon(resolve)
+    value = await future
+    log.append("resumed")
+    return value
+
+
+async def test_an_inline_coroutine_resumes_after_the_code_that_completed_its_future() -> None:
+    """The wake-up of a coroutine stepped inline skips the loop's callback queue, yet the
+    coroutine never runs inside the ``set_result`` that woke it (as in asyncio): the code
+    after it finishes first, every time, and other callbacks still run."""
+    log: list[str] = []
+    with trio.fail_after(5):
+        async with open_bridge() as bridge:
+            for _ in range(3):
+                assert await bridge.run_inline(_aio_resolve_then_note, log) == "value"
+            assert await bridge.call(_aio_answer) == 42
+    assert log == ["set_result returned", "resumed"] * 3

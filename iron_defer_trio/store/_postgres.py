@@ -348,7 +348,7 @@ class PostgresStore:
         the future it waits on is cancelled, and the pool waits for it to settle.
         """
         timeout = self._settings.command_timeout
-        with trio.move_on_after(timeout):
+        with trio.CancelScope(deadline=trio.current_time() + timeout):
             return await self._bridge.run_inline(fn, *args)
         raise _timed_out(timeout)
 

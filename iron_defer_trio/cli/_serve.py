@@ -98,6 +98,7 @@ def serve_command(
         _fail(str(exc), code=2)
     try:
         with server.database_for(settings) as ready, server.open_telemetry(ready) as telemetry:
+            server.tune_garbage_collector()
             trio.run(partial(server.serve, ready, tasks=tasks, telemetry=telemetry))
     except server.ForcedShutdown as exc:
         _fail(str(exc), code=EXIT_FORCED)

@@ -22,6 +22,7 @@ CLI = Path(sys.executable).parent / "iron-defer-trio"
 
 #: Task classes the e2e servers run (written into a temp dir, imported with --app).
 TASKS_MODULE = """
+import gc
 from typing import ClassVar
 
 import trio
@@ -35,6 +36,13 @@ class Echo(iron_defer.Task):
 
     async def execute(self, ctx: iron_defer.TaskContext) -> None:
         ctx.log.info("echo", message=self.message)
+
+
+class GcState(iron_defer.Task):
+    KIND: ClassVar[str] = "gc_state"
+
+    async def execute(self, ctx: iron_defer.TaskContext) -> None:
+        ctx.log.info("gc_state", threshold=gc.get_threshold(), frozen=gc.get_freeze_count())
 
 
 class FailOnce(iron_defer.Task):

@@ -125,6 +125,16 @@ def test_every_endpoint_and_error_status_over_http(server: Server, database_url:
     assert rows[0]["n"] == 2  # rejected requests wrote nothing
 
 
+def test_serve_tunes_the_garbage_collector_of_its_own_process(server: Server) -> None:
+    """Inside ``serve``, start-up objects are frozen out of collections and the young
+    generation is collected less often (docs/guides/production.md, The process)."""
+    created = server.request("POST", "/tasks", {"kind": "gc_state", "payload": {}})
+    assert created.status == 201
+    [state] = wait_for(lambda: server.events("gc_state"))
+    assert state["threshold"][0] == 10_000
+    assert state["frozen"] > 10_000
+
+
 def test_sigterm_drains_running_tasks_and_exits_zero(server: Server, database_url: str) -> None:
     """SIGTERM with tasks in flight: they finish, nothing is left running, exit status 0."""
     ids = [

@@ -12,7 +12,6 @@ import trio
 import iron_defer_trio as iron_defer
 from iron_defer_trio.observability.logs import configure_json_logging
 from iron_defer_trio.observability.telemetry import build_telemetry
-from iron_defer_trio.server import tune_garbage_collector
 
 
 class Noop(iron_defer.Task):
@@ -60,7 +59,7 @@ async def drain(dsn: str, total: int, concurrency: int) -> dict[str, Any]:
     # Metrics on, as `serve` has them (Prometheus registry); traces as `serve` without an
     # OTLP endpoint (not built).
     telemetry = build_telemetry(settings.observability)
-    tune_garbage_collector()  # as `serve` does once started up
+    iron_defer.tune_garbage_collector()  # as `serve` does once started up
     async with iron_defer.open_engine(
         settings,
         tasks=[Noop],

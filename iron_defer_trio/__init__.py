@@ -19,6 +19,7 @@ import contextlib
 
 from iron_defer_trio._api import migrate as migrate
 from iron_defer_trio._api import open_engine as open_engine
+from iron_defer_trio._process import tune_garbage_collector as tune_garbage_collector
 from iron_defer_trio._version import __version__ as __version__
 from iron_defer_trio.config import DatabaseSettings as DatabaseSettings
 from iron_defer_trio.config import Settings as Settings
@@ -93,6 +94,7 @@ __all__ = [
     "__version__",
     "migrate",
     "open_engine",
+    "tune_garbage_collector",
 ]
 
 # Show the public path in reprs, tracebacks and docs (iron_defer_trio.Task, not

@@ -14,7 +14,6 @@ the ones in flight, the engine stops claiming and gives running tasks
 
 from __future__ import annotations
 
-import gc
 import signal
 from contextlib import contextmanager
 from functools import partial
@@ -46,29 +45,8 @@ if TYPE_CHECKING:
 HTTP_GRACE = 2.0
 
 
-#: Allocations between two young-generation collections in ``serve`` (Python's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
 class ForcedShutdown(Exception):
     """A second signal arrived during the graceful shutdown."""
-
-
-def tune_garbage_collector() -> None:
-    """Make Python's cyclic garbage collector cheaper for a long-running server process.
-
-    ``serve`` calls this once its modules are imported, before it starts: the objects that
-    exist then (modules, classes, functions) live as long as the process, so they are frozen
-    out of every later collection, and the youngest generation is collected every 10,000
-    allocations instead of 700. Every task allocates a few dozen short-lived objects, so the
-    default collected several times per claimed batch and rescanned the whole start-up heap
-    at each full collection: this saved 3-5 us of CPU per task (7-15% more tasks per second)
-    in drains of no-op tasks. Garbage without cycles is still freed at once; cycles wait a
-    little longer. Not done for embedded engines: the host process owns its collector.
-    """
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve(

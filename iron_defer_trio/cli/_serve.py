@@ -11,6 +11,7 @@ import typer
 
 from iron_defer_trio import server
 from iron_defer_trio._modules import load_task_classes
+from iron_defer_trio._process import tune_garbage_collector
 from iron_defer_trio.cli._common import CliState
 from iron_defer_trio.errors import ConfigError, IronDeferError
 from iron_defer_trio.observability.logs import configure_json_logging
@@ -98,7 +99,7 @@ def serve_command(
         _fail(str(exc), code=2)
     try:
         with server.database_for(settings) as ready, server.open_telemetry(ready) as telemetry:
-            server.tune_garbage_collector()
+            tune_garbage_collector()
             trio.run(partial(server.serve, ready, tasks=tasks, telemetry=telemetry))
     except server.ForcedShutdown as exc:
         _fail(str(exc), code=EXIT_FORCED)
